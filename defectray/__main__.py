@@ -1,0 +1,5 @@
+import sys
+
+from defectray.cli import main
+
+sys.exit(main())

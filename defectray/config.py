@@ -1,0 +1,121 @@
+"""One config object for a training job: printable, serialisable, stored inside every model file.
+
+Named profiles give complete starting points; ``--config FILE`` (JSON) and single overrides change fields.
+Every row of the paper's ablation is a field here (deep features, large kernels, synthesis source,
+copying vs gradient), so an ablation is a list of configs, not a code change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Config:
+    # --- data -----------------------------------------------------------------------------------
+    image_size: int = 256  # square training/inference resolution
+    channels: int = 3  # 1 = grayscale model, 3 = RGB model; inputs are converted to this
+    val_fraction: float = 0.1  # normal training images held out for calibration (and validation)
+
+    # --- synthesis ------------------------------------------------------------------------------
+    synthesis: str = "realistic"  # a name from defectray.synthesis.SYNTHESIZERS
+    anomaly_prob: float = 0.5  # fraction of training samples that get a synthetic defect
+    rotate_prob: float = 0.3  # DRAEM rotates training images with this probability
+    textures: str | None = None  # folder/URI of texture images (DTD or the user's own); optional
+    defects: str | None = None  # folder/URI of real defect crops for the `realistic` bank; optional
+    foreground: str = "otsu"  # "otsu", "full" (flat textured surfaces) or a URI of an ROI mask
+
+    # --- reconstruction network -------------------------------------------------------------------
+    recon_base_width: int = 128
+    recon_depth: int = 5  # encoder blocks (width doubles up to x8)
+    feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
+    feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
+    feature_refresh_every: int = 100  # steps between parameter copies for feature_extractor="copy"
+
+    # --- defect prediction network ----------------------------------------------------------------
+    seg_base_width: int = 64
+    seg_depth: int = 6
+    large_kernel: bool = True  # RepLKNet-style blocks; False gives the plain DRAEM network
+    kernel_sizes: list[int] = field(default_factory=lambda: [31, 29, 27, 13])  # per encoder stage
+
+    # --- losses ---------------------------------------------------------------------------------
+    l2_weight: float = 1.0
+    ssim_weight: float = 1.0
+    feature_weight: float = 0.2
+    focal_gamma: float = 2.0
+    focal_weight: float = 1.0
+
+    # --- optimisation ---------------------------------------------------------------------------
+    batch_size: int = 8
+    lr: float = 1e-4
+    epochs: int = 700
+    lr_milestones: list[float] = field(default_factory=lambda: [400 / 700, 600 / 700])  # fractions of run
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    seed: int = 0
+
+    # --- scoring --------------------------------------------------------------------------------
+    score_filter_size: int = 21  # mean filter at 256 px; scaled with resolution
+
+    profile: str = "paper"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        return self.to_json()
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # The paper's setting (DRAEM widths and schedule at 256 px): for GPUs.
+    "paper": {},
+    # Sized by measurement to learn something useful on 2 CPU cores in 20 minutes (see BENCHMARKS.md).
+    "cpu-small": {
+        "image_size": 128,
+        "channels": 1,
+        "recon_base_width": 16,
+        "recon_depth": 4,
+        "seg_base_width": 16,
+        "seg_depth": 4,
+        "kernel_sizes": [13, 11, 9, 7],
+        "batch_size": 16,
+        "lr": 2e-4,
+        "epochs": 1000,
+        "max_minutes": 20.0,
+        "score_filter_size": 21,
+    },
+}
+
+
+def get_config(profile: str = "paper", **overrides: Any) -> Config:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    cfg = Config(**{**PROFILES[profile], "profile": profile})
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def load_config(uri: str) -> Config:
+    from defectray.io import read_bytes
+
+    return Config.from_json(read_bytes(uri).decode("utf-8"))
