@@ -1,0 +1,635 @@
+"""Training on Ray: synthesis in Ray Data on CPU workers, the model data-parallel on Ray Train.
+
+The pipeline, top to bottom:
+
+1. The driver lists the normal images, keeps a seeded ``val_fraction`` of them out of training (calibration),
+   and loads a bounded bank of training images as the synthesis appearance source.
+2. Ray Data streams ``ray.data.range(epochs * rows_per_epoch)``. Row ``id`` is epoch-major: epoch
+   ``id // rows_per_epoch``, position ``id % rows_per_epoch``; the image at a position is fixed by a per-epoch
+   permutation seeded from (seed, epoch). Each row is read, decoded and resized, then a synthetic defect is
+   painted on it with an RNG seeded from (seed, epoch, position). So every epoch is a fresh draw, and a run is
+   reproducible whatever the block scheduling. ``rows_per_epoch`` is padded to a multiple of the global batch
+   (workers x batch_size), so every worker gets the same number of full batches per epoch.
+3. Ray Train ``TorchTrainer`` runs ``_train_loop`` on N workers (GPU each when present, else CPU/gloo).
+   Workers only train: they take ready (damaged, clean, mask) batches from ``get_dataset_shard``.
+   An epoch is ``steps_per_epoch`` batches; after each, rank 0 writes a checkpoint and every worker reports.
+4. Resume: the same run name + storage path resumes from the latest checkpoint (a re-run of the command, or a
+   restart after a lost worker under ``FailureConfig``). The data stream then skips finished epochs before
+   reading anything (the workers tell a small actor where they resume).
+5. At the end rank 0 calibrates on the held-out images and writes the model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from defectray import io
+from defectray.config import Config
+
+MODEL_FILENAME = "model.safetensors"
+SUMMARY_FILENAME = "training.json"
+SOURCE_IMAGE_LIMIT = 256  # normal images kept in memory as the synthesis appearance source
+STATE_FILE = "train_state.pt"
+META_FILE = "meta.json"
+# Config fields that may change between a run and its resume; anything else must match the checkpoint.
+BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes")
+
+
+@dataclass
+class TrainResult:
+    model_uri: str
+    model_id: str
+    run_name: str
+    storage_path: str
+    epochs: int  # completed epochs (over the whole run, resumes included)
+    steps: int  # optimizer steps (over the whole run)
+    minutes: float  # wall time of this call
+    samples_per_s: float  # training samples per second over the last epoch, all workers together
+    stopped_by: str  # "epochs" | "max_steps" | "max_minutes"
+    losses: dict[str, float] = field(default_factory=dict)  # mean losses of the last epoch
+    validation: dict[str, float | None] | None = None
+    checkpoint: str | None = None
+    resumed_from: int = 0  # the epoch this call (or its last restart after a lost worker) started at
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        loss = self.losses.get("loss")
+        loss_text = f"loss {loss:.4f}, " if loss is not None else ""
+        return (f"trained {self.model_id} in {self.minutes:.1f} min: {self.epochs} epochs, {self.steps} steps, "
+                f"{loss_text}{self.samples_per_s:.1f} samples/s, stopped by {self.stopped_by} -> {self.model_uri}")
+
+
+# ---- plan: which images, in which order ----------------------------------------------------------------------
+
+
+def model_uri_for(out: str) -> str:
+    """``out`` is either the model file itself (``*.safetensors``) or a folder/prefix that gets one."""
+    return out if out.endswith(".safetensors") else io.join(out, MODEL_FILENAME)
+
+
+def split_holdout(paths: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) paths. The held-out set is a seeded choice of ``val_fraction`` of the images, at
+    least one when the fraction is positive, and never all of them."""
+    n = len(paths)
+    n_held = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
+    order = np.random.default_rng(np.random.SeedSequence([seed, 2])).permutation(n)
+    held = set(order[:n_held].tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def epoch_order(seed: int, epoch: int, n_images: int) -> np.ndarray:
+    """The image index at each position of epoch ``epoch`` (positions past n_images wrap around)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 0, epoch])).permutation(n_images)
+
+
+def steps_per_epoch_for(n_images: int, global_batch: int) -> int:
+    return max(1, math.ceil(n_images / global_batch))
+
+
+def resize_square(img: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 image of any size -> (size, size) or (size, size, 3); the same rule as Detector.preprocess, so
+    training and inference see identically resampled pixels."""
+    img = io.convert_channels(img, channels)
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if h > size and w > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+class BadTrainingImage(ValueError):
+    """A training image that cannot be read or decoded (the run stops: no silently dropped images)."""
+
+
+def load_resized(path: str, size: int, channels: int) -> np.ndarray:
+    try:
+        return resize_square(io.load_image(path), size, channels)
+    except ValueError as e:
+        raise BadTrainingImage(f"{path}: {e}") from None
+
+
+def _user_error_in(error: BaseException) -> str | None:
+    """The BadTrainingImage message inside a Ray Train failure, whose text nests the data task's traceback."""
+    import re
+
+    texts = [str(error)] + [str(e) for e in (getattr(error, "worker_failures", None) or {}).values()]
+    for text in texts:
+        found = re.search(r"BadTrainingImage: (.*)", text)
+        if found:
+            return found.group(1).strip()
+    return None
+
+
+def _load_many(paths: list[str], size: int, channels: int) -> list[np.ndarray]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda p: load_resized(p, size, channels), paths))
+
+
+def build_sources(config: Config, train_paths: list[str]):
+    """The synthesis sources: a bounded, seeded sample of the training images plus the configured banks."""
+    from defectray.synthesis import SynthesisSources, load_bank
+
+    n = min(len(train_paths), SOURCE_IMAGE_LIMIT)
+    pick = np.sort(np.random.default_rng(np.random.SeedSequence([config.seed, 3])).permutation(len(train_paths))[:n])
+    normal = _load_many([train_paths[i] for i in pick], config.image_size, config.channels)
+    foreground: str | np.ndarray = config.foreground
+    if foreground not in ("otsu", "full"):
+        mask = io.load_image(foreground, channels=1)
+        foreground = cv2.resize(mask, (config.image_size, config.image_size), interpolation=cv2.INTER_NEAREST) > 0
+    return SynthesisSources(
+        normal_images=normal,
+        textures=load_bank(config.textures, config.channels, config.image_size),
+        defects=load_bank(config.defects, config.channels),
+        foreground=foreground,
+    )
+
+
+# ---- Ray Data stages (run in Ray Data tasks on CPU workers) ----------------------------------------------------
+
+_CACHE: dict[str, Any] = {}  # per worker process: object-store values fetched once, not once per batch
+
+
+def _cached_get(ref_box: list) -> Any:
+    import ray
+
+    if not isinstance(ref_box[0], ray.ObjectRef):  # called outside Ray (tests, benchmarks): the value itself
+        return ref_box[0]
+    key = ref_box[0].hex()
+    if key not in _CACHE:
+        _CACHE[key] = ray.get(ref_box[0])
+    return _CACHE[key]
+
+
+class ResumePoint:
+    """The first epoch the data stream must produce (a Ray actor). Workers set it after loading the
+    checkpoint, before they pull data; the read stage drops earlier epochs before reading any file."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int, seed: int, size: int,
+               channels: int, resume=None) -> dict[str, np.ndarray]:
+    import ray
+
+    ids = np.asarray(batch["id"], np.int64)
+    epoch, position = ids // rows_per_epoch, ids % rows_per_epoch
+    if resume is not None:
+        keep = epoch >= ray.get(resume.get.remote())
+        epoch, position = epoch[keep], position[keep]
+    all_paths = _cached_get(paths)
+    n = len(all_paths)
+    orders: dict[int, np.ndarray] = {}
+    index = np.empty(len(epoch), np.int64)
+    for i, (e, p) in enumerate(zip(epoch.tolist(), position.tolist())):
+        if e not in orders:
+            orders[e] = epoch_order(seed, e, n)
+        index[i] = orders[e][p % n]
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    images = np.empty((len(index), *shape), np.uint8)
+    for i, k in enumerate(index.tolist()):
+        images[i] = load_resized(all_paths[k], size, channels)
+    return {"epoch": epoch, "position": position, "index": index, "image": images}
+
+
+def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str, seed: int, anomaly_prob: float,
+                    rotate_prob: float) -> dict[str, np.ndarray]:
+    from defectray.synthesis import synthesize_batch
+
+    src = _cached_get(sources)
+    images = batch["image"]
+    damaged, clean = np.empty_like(images), np.empty_like(images)
+    masks = np.zeros(images.shape[:3], np.float32)
+    # One RNG per row, seeded by (seed, epoch, position): the draw does not depend on how rows fall into blocks.
+    for i, (e, p) in enumerate(zip(batch["epoch"].tolist(), batch["position"].tolist())):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 1, e, p]))
+        d, c, m = synthesize_batch(images[i : i + 1], method, rng, src, anomaly_prob, rotate_prob)
+        damaged[i], clean[i], masks[i] = d[0], c[0], m[0]
+    return {"epoch": batch["epoch"], "position": batch["position"], "index": batch["index"],
+            "damaged": damaged, "clean": clean, "mask": masks}
+
+
+def build_dataset(train_paths: list[str], config: Config, sources, global_batch: int, epochs: int, resume=None):
+    """The streaming training dataset: epochs x rows_per_epoch rows of ready (damaged, clean, mask)."""
+    import ray
+
+    n = len(train_paths)
+    rows_per_epoch = steps_per_epoch_for(n, global_batch) * global_batch
+    total = rows_per_epoch * epochs
+    # Small read blocks: the first batches reach the trainer after one block's work, not one epoch's.
+    rows_per_block = max(4 * config.batch_size, math.ceil(total / 5000))
+    paths_box = [ray.put(list(train_paths))]
+    sources_box = [ray.put(sources)]
+    ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / rows_per_block)))
+    ds = ds.map_batches(
+        read_stage, batch_size=config.batch_size,
+        fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, size=config.image_size,
+                       channels=config.channels, resume=resume),
+    )
+    ds = ds.map_batches(
+        synthesis_stage, batch_size=config.batch_size,
+        fn_kwargs=dict(sources=sources_box, method=config.synthesis, seed=config.seed,
+                       anomaly_prob=config.anomaly_prob, rotate_prob=config.rotate_prob),
+    )
+    return ds, rows_per_epoch
+
+
+# ---- the training loop (one per Ray Train worker) ---------------------------------------------------------------
+
+
+def _batch_tensors(batch: dict) -> tuple:
+    import torch
+
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return x.float().div_(255.0)
+
+    return to_float(batch["damaged"]), to_float(batch["clean"]), batch["mask"].float()
+
+
+def _validation_data(uri: str) -> list[tuple[str, np.ndarray, np.ndarray | None, bool]]:
+    """(path, image, ground-truth mask or None, is_anomalous) for the test split of an MVTec-layout folder."""
+    items = io.mvtec_test_items(uri)
+    out = []
+    for item in items:
+        img = io.load_image(item.image)
+        mask = None
+        if item.mask is not None:
+            mask = io.load_image(item.mask, channels=1) > 127
+        out.append((item.image, img, mask, item.is_anomalous))
+    return out
+
+
+def _validate(net, config: Config, data, device) -> dict[str, float | None]:
+    from defectray.metrics import PixelMetrics, roc_auc
+    from defectray.models import build_model
+    from defectray.models.modelfile import Detector, _inference_state
+
+    inference = build_model(config, feature_extractor=False)
+    inference.load_state_dict(_inference_state(net))
+    detector = Detector(inference, config, "validation", device=device)
+    pixel = PixelMetrics(resolution_bits=10)
+    scores, labels = [], []
+    for i in range(0, len(data), 16):
+        chunk = data[i : i + 16]
+        s, maps = detector.predict([img for _, img, _, _ in chunk])
+        scores.extend(s.tolist())
+        labels.extend(int(a) for _, _, _, a in chunk)
+        for (_, _, mask, anomalous), amap in zip(chunk, maps):
+            if mask is not None or not anomalous:
+                pixel.update(amap, mask)
+    image_auroc = roc_auc(labels, scores) if 0 < sum(labels) < len(labels) else None
+    net.train()
+    return {"image_auroc": image_auroc, "pixel_auroc": pixel.compute()["pixel_auroc"]}
+
+
+def _fmt_minutes(m: float) -> str:
+    return f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h"
+
+
+def _train_loop(loop: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from defectray.models import build_model
+    from defectray.models.modelfile import calibrate, save_model
+    from defectray.models.train_step import TrainStep
+
+    config = Config.from_dict(loop["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(loop["torch_threads"])
+    device = ray.train.torch.get_device()
+    distributed = dist.is_available() and dist.is_initialized() and world > 1
+
+    model = ray.train.torch.prepare_model(build_model(config))
+    step = TrainStep(config, device=device, model=model)
+    epochs, steps_per_epoch = config.epochs, loop["steps_per_epoch"]
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+            with open(os.path.join(d, META_FILE)) as f:
+                meta = json.load(f)
+        step.load_state_dict(state)
+        start_epoch = int(meta["epoch"])
+        if rank == 0:
+            print(f"[defectray train] resuming from epoch {start_epoch}, step {step.step}", flush=True)
+    hooks = loop.get("hooks") or {}
+    ray.get(loop["resume"].set.remote(start_epoch))
+
+    # The time budget runs from the train() call, not from this worker's (re)start; rank 0's clock decides.
+    deadline = loop["deadline"]
+    validation = _validation_data(loop["validation"]) if loop["validation"] and rank == 0 else None
+
+    def budget_reached() -> str | None:
+        if config.max_steps is not None and step.step >= config.max_steps:
+            return "max_steps"  # the step count is the same on every worker
+        if deadline is not None:  # clocks differ: rank 0 decides for everyone
+            flag = torch.tensor([1.0 if time.time() >= deadline else 0.0], device=device)
+            if distributed:
+                dist.broadcast(flag, 0)
+            if flag.item() > 0:
+                return "max_minutes"
+        return None
+
+    batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=config.batch_size))
+    epoch, last = start_epoch, {}
+    stopped_by = budget_reached() if epoch < epochs else None
+    epoch_seconds: list[float] = []
+    while epoch < epochs and stopped_by is None:
+        t0, samples, sums, n_steps = time.monotonic(), 0, {}, 0
+        for _ in range(steps_per_epoch):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise RuntimeError(f"the data stream ended early in epoch {epoch} (rank {rank})") from None
+            damaged, clean, mask = _batch_tensors(batch)
+            losses = step(damaged, clean, mask)
+            if "probe" in hooks and n_steps == 0 and epoch == start_epoch:
+                _write_probe(hooks["probe"], f"rank{rank}_from{start_epoch}", step, batch)
+            samples += len(damaged)
+            n_steps += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            stopped_by = budget_reached()
+            if stopped_by:
+                break
+        if n_steps == steps_per_epoch:
+            step.end_epoch(epoch)
+            epoch += 1
+        seconds = time.monotonic() - t0
+        totals = torch.tensor([samples, *[sums[k] for k in sorted(sums)]], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(totals)
+        global_samples = totals[0].item()
+        means = {k: totals[1 + i].item() / max(1, n_steps * world) for i, k in enumerate(sorted(sums))}
+        rate = global_samples / max(seconds, 1e-9)
+        if n_steps == steps_per_epoch:
+            epoch_seconds.append(seconds)
+        metrics = {"epoch": epoch, "step": step.step, "samples_per_s": rate, "lr": step.lr, **means}
+        if validation is not None:
+            metrics.update(_validate(step.net, config, validation, device))
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint_obj = None
+            if rank == 0:
+                torch.save(step.state_dict(), os.path.join(tmp, STATE_FILE))
+                with open(os.path.join(tmp, META_FILE), "w") as f:
+                    json.dump({"epoch": epoch, "step": step.step, "config": config.to_dict()}, f)
+                checkpoint_obj = ray.train.Checkpoint.from_directory(tmp)
+                print(_progress_line(metrics, epochs, config, epoch_seconds, steps_per_epoch, deadline), flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint_obj)
+        last = metrics
+        fail = hooks.get("fail_once")
+        if fail and rank == fail["rank"] and epoch == fail["epoch"] and not os.path.exists(fail["marker"]):
+            # Test hook: die during the next epoch, once the controller has registered the checkpoint
+            # (it collects reports every few seconds).
+            time.sleep(fail.get("delay_s", 5.0))
+            with open(fail["marker"], "w") as f:
+                f.write(f"rank {rank} exited during epoch {epoch}\n")
+            os._exit(1)  # a lost worker, as a killed process or a failed node looks to Ray Train
+
+    if stopped_by is None:
+        stopped_by = "epochs"
+    # The end: rank 0 calibrates on the held-out normal images and writes the model; every worker reports
+    # once more (the same number of reports on every worker).
+    final = {"epoch": epoch, "step": step.step, "stopped_by": stopped_by, "done": True, "resumed_from": start_epoch,
+             **{k: v for k, v in last.items() if k not in ("epoch", "step")}}
+    # Ray Train keeps the metrics of the latest checkpoint as the result, so this report carries one too.
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_obj = None
+        if rank == 0:
+            held = _load_many(loop["held_out"], config.image_size, config.channels) if loop["held_out"] else []
+            calibration = calibrate(step.net, config, held) if held else None
+            final["model_id"] = save_model(loop["model_uri"], step.net, config, calibration)
+            if calibration:
+                final["threshold"] = calibration["threshold"]
+            torch.save(step.state_dict(), os.path.join(tmp, STATE_FILE))
+            with open(os.path.join(tmp, META_FILE), "w") as f:
+                json.dump({"epoch": epoch, "step": step.step, "config": config.to_dict(), "final": final}, f)
+            checkpoint_obj = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=checkpoint_obj)
+
+
+def _progress_line(metrics: dict, epochs: int, config: Config, epoch_seconds: list[float], steps_per_epoch: int,
+                   deadline: float | None) -> str:
+    losses = " ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "l2", "ssim", "feature", "focal") if k in metrics)
+    val = "".join(f" {k} {metrics[k]:.3f}" for k in ("image_auroc", "pixel_auroc") if metrics.get(k) is not None)
+    eta_text = ""
+    if epoch_seconds:
+        per_epoch = float(np.mean(epoch_seconds[-5:]))
+        remaining = [(epochs - metrics["epoch"]) * per_epoch]
+        if config.max_steps is not None:
+            remaining.append(max(0, config.max_steps - metrics["step"]) / steps_per_epoch * per_epoch)
+        if deadline is not None:
+            remaining.append(max(0.0, deadline - time.time()))
+        eta_text = f" eta {_fmt_minutes(min(remaining) / 60)}"
+    return (f"[defectray train] epoch {metrics['epoch']}/{epochs} step {metrics['step']} {losses}{val} "
+            f"lr {metrics['lr']:.2g} {metrics['samples_per_s']:.1f} samples/s{eta_text}")
+
+
+def _write_probe(probe_dir: str, name: str, step, batch: dict) -> None:
+    """Test hook: what this worker trained on in its first step, and a digest of its parameters after it
+    (parameters, not buffers: DDP syncs gradients, while BatchNorm statistics stay per worker until the next
+    forward broadcasts rank 0's)."""
+    digest = hashlib.sha256()
+    for param_name, p in sorted(step.net.named_parameters()):
+        digest.update(param_name.encode())
+        digest.update(p.detach().cpu().float().numpy().tobytes())
+    rows = [[int(e), int(p)] for e, p in zip(batch["epoch"].tolist(), batch["position"].tolist())]
+    with open(os.path.join(probe_dir, f"{name}.json"), "w") as f:
+        json.dump({"rows": rows, "weights": digest.hexdigest()}, f)
+
+
+# ---- the driver ------------------------------------------------------------------------------------------------
+
+
+def default_run_name(data: str, out: str) -> str:
+    """Same data + same output = same run name, so re-running the same command resumes it."""
+    key = json.dumps([data.rstrip("/"), out.rstrip("/")])
+    return "defectray-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def default_storage_path(out: str) -> str:
+    """Checkpoints next to the model: ``<out>/checkpoints`` (or beside a ``*.safetensors`` out)."""
+    base = out if not out.endswith(".safetensors") else out.rsplit("/", 1)[0] if "/" in out else "."
+    return io.join(base, "checkpoints")
+
+
+def _storage_args(storage_path: str) -> dict:
+    """RunConfig storage arguments. Object stores go through the same fsspec filesystem as all other I/O,
+    so AWS_ENDPOINT_URL (MinIO, Ceph, moto) is honoured exactly as when reading the data."""
+    if io.protocol_of(storage_path) in ("file", "local"):
+        path = os.path.abspath(storage_path.split("://", 1)[-1])
+        os.makedirs(path, exist_ok=True)
+        return {"storage_path": path}
+    import pyarrow.fs
+
+    fs, path = io.url_to_fs(storage_path)
+    return {"storage_path": path, "storage_filesystem": pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))}
+
+
+def _check_resumable(storage_path: str, run_name: str, config: Config) -> None:
+    """Refuse to resume a run whose checkpoints were made with a different model or data configuration."""
+    fs, root = io.url_to_fs(io.join(storage_path, run_name))
+    try:
+        metas = [p for p in fs.glob(f"{root}/checkpoint_*/{META_FILE}")]
+    except FileNotFoundError:
+        return
+    if not metas:
+        return
+    with fs.open(sorted(metas)[-1], "rb") as f:
+        saved = json.loads(f.read().decode("utf-8"))["config"]
+    now = config.to_dict()
+    differ = sorted(k for k in now if k not in BUDGET_FIELDS and saved.get(k) != now[k])
+    if differ:
+        raise ValueError(f"run {run_name!r} in {storage_path} was started with a different config "
+                         f"({', '.join(differ)}); pass another --name to start a new run")
+
+
+def plan_resources(workers: int, use_gpu: bool, cpus_per_worker: float | None, cluster_cpus: float) -> float:
+    """CPUs per training worker, leaving at least one CPU for the Ray Data synthesis tasks (else they could
+    never be scheduled beside the trainers and the run would wait forever)."""
+    if cpus_per_worker is not None:
+        needed = workers * cpus_per_worker + 1
+        if needed > cluster_cpus:
+            raise ValueError(f"{workers} workers x {cpus_per_worker} CPUs + 1 CPU for data synthesis = {needed} "
+                             f"CPUs, but the cluster has {cluster_cpus:g}")
+        return cpus_per_worker
+    if use_gpu:
+        return 1.0 if workers + 1 <= cluster_cpus else max(0.1, (cluster_cpus - 1) / workers)
+    if cluster_cpus - 1 < 0.1 * workers:
+        raise ValueError(f"{workers} training workers need at least {0.1 * workers + 1:g} CPUs (one for data "
+                         f"synthesis), but the cluster has {cluster_cpus:g}")
+    return min(float(max(1, int((cluster_cpus - 1) // workers))), (cluster_cpus - 1) / workers)
+
+
+def train(
+    config: Config,
+    data: str,
+    out: str,
+    workers: int = 1,
+    use_gpu: bool | None = None,
+    storage_path: str | None = None,
+    run_name: str | None = None,
+    validation: str | None = None,
+    cpus_per_worker: float | None = None,
+    max_failures: int = 3,
+    _hooks: dict | None = None,
+) -> TrainResult:
+    """Train a model on the normal images at ``data`` and write it to ``out`` (folder/prefix or
+    ``*.safetensors`` URI). Connects to Ray (``RAY_ADDRESS`` or a local one) when not yet initialised."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    started = time.monotonic()
+    deadline = time.time() + config.max_minutes * 60 if config.max_minutes else None
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    paths = io.training_images(data)
+    train_paths, held_out = split_holdout(paths, config.val_fraction, config.seed)
+    if validation:
+        io.mvtec_test_items(validation)  # fail now, not after the first epoch
+    run_name = run_name or default_run_name(data, out)
+    storage_path = storage_path or default_storage_path(out)
+    _check_resumable(storage_path, run_name, config)
+
+    if not ray.is_initialized():
+        ray.init()
+    cluster = ray.cluster_resources()
+    if use_gpu is None:
+        use_gpu = cluster.get("GPU", 0) >= workers
+    cpus = plan_resources(workers, use_gpu, cpus_per_worker, cluster.get("CPU", 0))
+
+    global_batch = workers * config.batch_size
+    steps_per_epoch = steps_per_epoch_for(len(train_paths), global_batch)
+    data_epochs = config.epochs
+    if config.max_steps is not None:
+        data_epochs = min(data_epochs, math.ceil(config.max_steps / steps_per_epoch))
+    sources = build_sources(config, train_paths)
+    resume = ray.remote(num_cpus=0)(ResumePoint).remote()
+    dataset, rows_per_epoch = build_dataset(train_paths, config, sources, global_batch, max(1, data_epochs), resume)
+    print(f"[defectray train] {len(train_paths)} training images ({len(held_out)} held out for calibration), "
+          f"{workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, {steps_per_epoch} steps/epoch "
+          f"of {global_batch}, run {run_name!r} in {storage_path}", flush=True)
+
+    loop = {
+        "config": config.to_dict(),
+        "steps_per_epoch": steps_per_epoch,
+        "deadline": deadline,
+        "torch_threads": max(1, int(cpus)),
+        "resume": resume,
+        "held_out": held_out,
+        "validation": validation,
+        "model_uri": model_uri_for(out),
+        "hooks": _hooks or {},
+    }
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            **_storage_args(storage_path),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as error:
+        message = _user_error_in(error)
+        if message:
+            raise BadTrainingImage(message) from error
+        raise
+    finally:
+        ray.kill(resume)
+    m = result.metrics or {}
+    if "model_id" not in m:
+        raise RuntimeError(f"training ended without writing a model (last metrics: {m})")
+    train_result = TrainResult(
+        model_uri=model_uri_for(out),
+        model_id=m["model_id"],
+        run_name=run_name,
+        storage_path=storage_path,
+        epochs=int(m["epoch"]),
+        steps=int(m["step"]),
+        minutes=(time.monotonic() - started) / 60,
+        samples_per_s=float(m.get("samples_per_s", 0.0)),
+        stopped_by=m["stopped_by"],
+        losses={k: float(m[k]) for k in ("loss", "l2", "ssim", "feature", "focal") if k in m},
+        validation={k: m.get(k) for k in ("image_auroc", "pixel_auroc")} if validation else None,
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        resumed_from=int(m.get("resumed_from", 0)),
+    )
+    if not out.endswith(".safetensors"):
+        io.write_bytes(io.join(out, SUMMARY_FILENAME), json.dumps(train_result.to_dict(), indent=2).encode())
+    print(f"[defectray train] {train_result.summary()}", flush=True)
+    return train_result
