@@ -39,11 +39,11 @@ class Config:
     seg_base_width: int = 64
     seg_depth: int = 6
     large_kernel: bool = True  # RepLKNet-style blocks; False gives the plain DRAEM network
-    kernel_sizes: list[int] = field(default_factory=lambda: [31, 29, 27, 13])  # per encoder stage
+    kernel_sizes: list[int] = field(default_factory=lambda: [31, 29, 27, 13])  # at 256 px, scaled (prediction.py)
 
     # --- losses ---------------------------------------------------------------------------------
     l2_weight: float = 1.0
-    ssim_weight: float = 1.0
+    ssim_weight: float = 0.8  # lambda = 1, 0.8, 0.2 -> L2, SSIM, feature (see defectray/models/losses.py)
     feature_weight: float = 0.2
     focal_gamma: float = 2.0
     focal_weight: float = 1.0
@@ -98,7 +98,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "recon_depth": 4,
         "seg_base_width": 16,
         "seg_depth": 4,
-        "kernel_sizes": [13, 11, 9, 7],
+        "kernel_sizes": [31, 29, 27, 13],  # 256 px reference, scaled to 15/13/13 at 128 px (prediction.py)
         "batch_size": 16,
         "lr": 2e-4,
         "epochs": 1000,

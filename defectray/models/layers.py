@@ -1,0 +1,99 @@
+"""Small blocks shared by the two networks: conv+BN+ReLU, the DRAEM double conv, and the RepLKNet block.
+
+The large-kernel conv trains as two parallel depthwise branches (k x k and a small kernel, each with BN)
+and is re-parameterised for inference into one k x k depthwise conv with bias: BN folded into each
+branch, the small kernel zero-padded to k x k, the two summed. Same outputs, one conv instead of two.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 conv+BN+ReLU: the building block of both DRAEM sub-networks."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels))
+
+
+def fuse_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one conv equal to conv(weight, no bias) followed by ``bn`` in eval mode."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight / std
+    return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
+
+
+class ConvBN(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class ReparamLargeKernelConv(nn.Module):
+    """Depthwise k x k conv+BN in parallel with a depthwise small-kernel conv+BN, summed (RepLKNet)."""
+
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5):
+        super().__init__()
+        if kernel_size % 2 == 0 or (small_kernel is not None and small_kernel % 2 == 0):
+            raise ValueError("kernel sizes must be odd")
+        self.kernel_size = kernel_size
+        self.large = ConvBN(channels, channels, kernel_size, groups=channels)
+        self.small = (ConvBN(channels, channels, small_kernel, groups=channels)
+                      if small_kernel is not None and small_kernel < kernel_size else None)
+        self.fused: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused(x)
+        out = self.large(x)
+        if self.small is not None:
+            out = out + self.small(x)
+        return out
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if self.fused is not None:
+            return
+        weight, bias = fuse_conv_bn(self.large.conv.weight, self.large.bn)
+        if self.small is not None:
+            w_small, b_small = fuse_conv_bn(self.small.conv.weight, self.small.bn)
+            pad = (self.kernel_size - w_small.shape[-1]) // 2
+            weight = weight + nn.functional.pad(w_small, [pad] * 4)
+            bias = bias + b_small
+        conv = self.large.conv
+        self.fused = nn.Conv2d(conv.in_channels, conv.out_channels, self.kernel_size,
+                               padding=self.kernel_size // 2, groups=conv.groups, bias=True)
+        self.fused.weight.copy_(weight)
+        self.fused.bias.copy_(bias)
+        self.fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        del self.large, self.small
+        self.small = None
+
+
+class LargeKernelBlock(nn.Module):
+    """RepLKNet block: 1x1 conv+BN+ReLU -> large-kernel depthwise (k || small) -> ReLU -> 1x1 conv+BN, residual."""
+
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5):
+        super().__init__()
+        self.pw1 = conv_bn_relu(channels, channels, 1)
+        self.large_kernel = ReparamLargeKernelConv(channels, kernel_size, small_kernel)
+        self.act = nn.ReLU(inplace=True)
+        self.pw2 = ConvBN(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw2(self.act(self.large_kernel(self.pw1(x))))

@@ -1,0 +1,66 @@
+"""Training losses: L2 + SSIM and deep-feature consistency for the reconstruction, focal loss for the mask.
+
+Weights (config): l2_weight=1.0, ssim_weight=0.8, feature_weight=0.2, focal_weight=1.0. The paper's
+lambda = 1, 0.8, 0.2 are read as L2, SSIM, feature consistency: L2 anchors the pixel values, SSIM (whose
+raw value, 1 - SSIM, is ~10x larger than L2 on [0, 1] images) shapes local structure, and the feature term
+is an auxiliary regulariser, so it gets the smallest weight. The focal loss keeps DRAEM's weight 1.
+All losses are computed in float32, also under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two (B, C, H, W) images in [0, 1] (Gaussian 11x11 window, as DRAEM)."""
+    a, b = a.float(), b.float()
+    c = a.shape[1]
+    w = _gaussian_window(window_size, sigma, c, a.device, a.dtype)
+    pad = window_size // 2
+
+    def blur(x):
+        return F.conv2d(x, w, padding=pad, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean()
+
+
+def ssim_loss(recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    return 1.0 - ssim(recon, clean)
+
+
+def l2_loss(recon: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(recon.float(), clean.float())
+
+
+def feature_consistency_loss(features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over levels of (1 - cosine similarity along channels): scale-free, so levels of very different
+    magnitude (and a copied encoder whose scale drifts) weigh alike."""
+    if not features_a:
+        raise ValueError("no feature levels")
+    total = 0.0
+    for fa, fb in zip(features_a, features_b, strict=True):
+        total = total + (1.0 - F.cosine_similarity(fa.float(), fb.float(), dim=1, eps=1e-6)).mean()
+    return total / len(features_a)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss on softmax logits (B, K, H, W) against integer targets (B, H, W) (DRAEM, gamma=2)."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_pt = log_p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    pt = log_pt.exp()
+    return (-((1.0 - pt) ** gamma) * log_pt).mean()

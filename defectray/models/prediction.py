@@ -1,0 +1,80 @@
+"""The defect prediction network: a U-Net over concat(image, reconstruction) -> 2-channel logits.
+
+DRAEM's discriminative sub-network (``depth`` levels, widths base x 1, 2, 4, 8, 8, 8, skip connections)
+with, per Peng et al., a RepLKNet large-kernel block after the double conv of encoder levels 1..4.
+``large_kernel=False`` gives the plain DRAEM network.
+
+Kernel-size rule (``level_kernel_sizes``): ``kernel_sizes`` are given at the 256 px reference (RepLKNet-31B:
+31, 29, 27, 13 for its stride-4..32 stages); entry j goes to encoder level j+1 (stride 2^(j+1)), scaled by
+image_size / 256 and capped at that level's feature-map size (a kernel wider than the map only sees zero
+padding), rounded down to odd. Levels where that leaves less than 3 get no large-kernel block. So the
+kernels cover the same fraction of the image at every resolution: 31/29/27/13 at 256 px, 15/13/13/5 at
+128 px. The parallel small kernel is 5x5 (RepLKNet), 3x3 when k <= 5.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectray.models.layers import DoubleConv, LargeKernelBlock, ReparamLargeKernelConv, conv_bn_relu
+
+
+def _odd_floor(x: float) -> int:
+    k = int(x)
+    return k if k % 2 == 1 else k - 1
+
+
+def level_kernel_sizes(kernel_sizes: list[int], image_size: int, depth: int) -> list[int | None]:
+    """The large kernel of each encoder level (None: no large-kernel block there). See the module doc."""
+    sizes: list[int | None] = [None] * depth
+    for j, k_ref in enumerate(kernel_sizes):
+        level = j + 1
+        if level >= depth:
+            break
+        feature_size = max(1, image_size // 2**level)
+        k = _odd_floor(min(k_ref * image_size / 256, feature_size))
+        sizes[level] = k if k >= 3 else None
+    return sizes
+
+
+class DefectPredictionNet(nn.Module):
+    def __init__(self, in_channels: int = 6, out_channels: int = 2, base_width: int = 64, depth: int = 6,
+                 large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256):
+        super().__init__()
+        if depth < 1:
+            raise ValueError("seg_depth must be >= 1")
+        widths = [base_width * min(2**i, 8) for i in range(depth)]
+        self.kernel_sizes = (level_kernel_sizes(list(kernel_sizes or [31, 29, 27, 13]), image_size, depth)
+                             if large_kernel else [None] * depth)
+        blocks = []
+        for i, w in enumerate(widths):
+            block: nn.Module = DoubleConv(in_channels if i == 0 else widths[i - 1], w)
+            k = self.kernel_sizes[i]
+            if k is not None:
+                block = nn.Sequential(block, LargeKernelBlock(w, k, small_kernel=5 if k > 5 else 3))
+            blocks.append(block)
+        self.encoder = nn.ModuleList(blocks)
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i]) for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in range(depth - 1))
+        self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.decoder[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        return self.head(x)
+
+    def reparameterize(self) -> "DefectPredictionNet":
+        """Fuse every large-kernel conv's two branches into one conv (inference form; call in eval mode)."""
+        for m in self.modules():
+            if isinstance(m, ReparamLargeKernelConv):
+                m.reparameterize()
+        return self

@@ -1,0 +1,54 @@
+"""The reconstruction network: maps a (possibly damaged) image back to its defect-free version.
+
+DRAEM's reconstructive sub-network: ``depth`` encoder blocks (two 3x3 conv+BN+ReLU each) with widths
+base x 1, 2, 4, 8, 8, ... and max-pooling between them, a mirrored decoder with bilinear upsampling and
+no skip connections (skips would let defects through), and a sigmoid head so the output stays in [0, 1]
+like the input. Any input size works: the decoder upsamples to the exact sizes the encoder saw.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectray.models.layers import DoubleConv, conv_bn_relu
+
+
+def level_widths(base_width: int, depth: int) -> list[int]:
+    return [base_width * min(2**i, 8) for i in range(depth)]
+
+
+class ReconstructionNet(nn.Module):
+    def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5):
+        super().__init__()
+        if depth < 1:
+            raise ValueError("recon_depth must be >= 1")
+        widths = level_widths(base_width, depth)
+        self.widths = widths
+        self.encoder = nn.ModuleList(
+            DoubleConv(channels if i == 0 else widths[i - 1], w) for i, w in enumerate(widths))
+        # Decoder stage i brings level i+1 up to level i: upsample, conv to level i's width, double conv.
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i]) for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(widths[i], widths[i]) for i in range(depth - 1))
+        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every encoder block, finest first (the deep features for feature consistency)."""
+        features = []
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            features.append(x)
+        return features
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for i in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=features[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.decoder[i](self.up[i](x))
+        return torch.sigmoid(self.head(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))

@@ -1,0 +1,44 @@
+"""From network output to scores: pixel map = defect probability (softmax channel 1); image score = max of
+the mean-filtered map. The filter is DRAEM's 21x21 at 256 px, scaled to the model resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectray.config import Config
+
+
+def filter_size_for(config: Config) -> int:
+    """``score_filter_size`` scaled by image_size / 256, rounded to the nearest odd size, at least 1."""
+    size = max(1, int(config.score_filter_size * config.image_size / 256 + 0.5))
+    return size if size % 2 == 1 else size + 1
+
+
+@torch.no_grad()
+def anomaly_maps(model, batch: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) float32 defect probability; the model is put in eval mode. bf16 autocast on CUDA only;
+    channels_last everywhere (faster large-kernel depthwise convs on CPU too)."""
+    net = getattr(model, "module", model)
+    net.eval()
+    device = next(net.parameters()).device
+    batch = batch.to(device, non_blocking=True)
+    on_cuda = device.type == "cuda"
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        _, logits = net(batch)
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+def image_scores(maps: torch.Tensor | np.ndarray, filter_size: int) -> np.ndarray:
+    """(B,) float32: max over each (H, W) map of its ``filter_size`` mean filter. Border windows average
+    only the pixels inside the image, so a defect at the edge is not diluted by padding."""
+    t = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps)
+    t = t.detach().to("cpu", torch.float32)
+    if t.ndim == 2:
+        t = t[None]
+    if filter_size > 1:
+        t = F.avg_pool2d(t[:, None], filter_size, stride=1, padding=filter_size // 2,
+                         count_include_pad=False)[:, 0]
+    return t.flatten(1).amax(dim=1).numpy().astype(np.float32)

@@ -1,0 +1,156 @@
+"""The model file: save/load round trips (local and S3), refusing foreign files, the Detector, calibration."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import defectray
+from defectray.config import get_config
+from defectray.models import build_model, images_to_tensor
+from defectray.models.modelfile import (Detector, NotADefectrayModelError, calibrate, load_model, model_id_of,
+                                        save_model, _inference_state)
+from defectray.models.scoring import filter_size_for, image_scores
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**kw):
+    base = dict(image_size=32, channels=1, recon_base_width=8, recon_depth=3, seg_base_width=8, seg_depth=4)
+    base.update(kw)
+    return get_config("cpu-small", **base)
+
+
+def trained_ish(cfg):
+    """A model whose BN statistics and weights are not the initial ones (so the round trip means something)."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+        for _ in range(2):
+            model(torch.rand(4, cfg.channels, cfg.image_size, cfg.image_size))
+    return model.eval()
+
+
+def images(rng, channels=1):
+    shapes = [(32, 32), (45, 71), (200, 130), (7, 9)]
+    return [rng.integers(0, 256, s + ((3,) if channels == 3 else ()), dtype=np.uint8) for s in shapes]
+
+
+def test_round_trip_local(tmp_path):
+    cfg = tiny_config()
+    model = trained_ish(cfg)
+    calibration = {"threshold": 0.42, "normal_scores": [0.1, 0.2], "rule": "test"}
+    path = str(tmp_path / "sub" / "model.safetensors")
+    model_id = save_model(path, model, cfg, calibration)
+    assert model_id.startswith("dr-") and len(model_id) == 19
+    det = load_model(path)
+    assert isinstance(det, Detector) and det.model_id == model_id
+    assert det.config == cfg and det.threshold == 0.42 and det.calibration == calibration
+    assert det.model.feature_extractor is None
+    # the loaded (re-parameterised) model agrees with the saved training-form model
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = torch.softmax(model(x)[1], 1)[:, 1]
+    np.testing.assert_allclose(det.infer(x.numpy()), expected.numpy(), atol=1e-5)
+    # the same weights and config give the same id; other weights another
+    assert save_model(str(tmp_path / "again.safetensors"), model, cfg) == model_id
+    with torch.no_grad():
+        model.prediction.head.bias.add_(1e-3)
+    assert save_model(str(tmp_path / "other.safetensors"), model, cfg) != model_id
+    assert defectray.load_model(path).model_id == model_id
+
+
+def test_round_trip_s3(s3_bucket, tmp_path):
+    cfg = tiny_config(channels=3)
+    model = trained_ish(cfg)
+    uri = f"s3://{s3_bucket('models')}/runs/a/model.safetensors"
+    model_id = save_model(uri, model, cfg, {"threshold": 0.5})
+    det = defectray.load_model(uri)
+    assert det.model_id == model_id and det.threshold == 0.5 and det.config.channels == 3
+    local = str(tmp_path / "m.safetensors")
+    save_model(local, model, cfg)
+    rng = np.random.default_rng(0)
+    imgs = images(rng, 3)
+    s3_scores, s3_maps = det.predict(imgs)
+    scores, maps = load_model(local).predict(imgs)
+    np.testing.assert_array_equal(s3_scores, scores)
+
+
+def test_predict_any_sizes_and_stages_agree(tmp_path):
+    cfg = tiny_config()
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, trained_ish(cfg), cfg)
+    det = load_model(path)
+    rng = np.random.default_rng(1)
+    imgs = images(rng, 1) + [rng.integers(0, 256, (50, 40, 3), dtype=np.uint8),
+                             rng.integers(0, 256, (30, 30, 1), dtype=np.uint8)]
+    scores, maps = det.predict(imgs)
+    assert scores.shape == (len(imgs),) and scores.dtype == np.float32
+    for img, m in zip(imgs, maps):
+        assert m.shape == img.shape[:2] and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
+    batch = det.preprocess(imgs)
+    assert batch.shape == (len(imgs), 1, 32, 32) and batch.dtype == np.float32
+    assert 0 <= batch.min() and batch.max() <= 1
+    raw = det.infer(batch)
+    s2, m2 = det.postprocess(raw, [i.shape[:2] for i in imgs])
+    np.testing.assert_array_equal(s2, scores)  # the pipeline's split stages give exactly predict()'s output
+    for a, b in zip(m2, maps):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(scores, image_scores(raw, filter_size_for(cfg)))
+    # full [0, 1] range: a white 32x32 image reaches the model as 1.0, not ImageNet-normalised
+    white = det.preprocess([np.full((32, 32), 255, np.uint8)])
+    assert white.max() == 1.0 and white.min() == 1.0
+    np.testing.assert_array_equal(det.preprocess([imgs[0]])[0], images_to_tensor(imgs[0][None]).numpy()[0])
+    assert det.predict([]) == (pytest.approx(np.zeros(0)), [])
+    with pytest.raises(ValueError, match="uint8"):
+        det.predict([np.zeros((8, 8), np.float32)])
+
+
+def test_refuses_foreign_files(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    cases = {
+        "pickle.pt": pickle.dumps({"weights": Evil()}),
+        "torch.pt": None,
+        "random.bin": np.random.default_rng(0).bytes(5000),
+        "empty.bin": b"",
+        "foreign.safetensors": None,
+    }
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "torch.pt")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
+    for name, data in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(NotADefectrayModelError, match="not a defectray model file"):
+            load_model(str(tmp_path / name))
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "missing.safetensors"))
+
+
+def test_calibrate_and_save_with_calibration(tmp_path):
+    cfg = tiny_config()
+    model = trained_ish(cfg)
+    rng = np.random.default_rng(2)
+    normals = [rng.integers(90, 140, (40, 40), dtype=np.uint8) for _ in range(20)]
+    cal = calibrate(model, cfg, normals, batch_size=6)
+    assert len(cal["normal_scores"]) == 20 and cal["rule"]
+    s = np.array(cal["normal_scores"])
+    assert cal["threshold"] >= np.quantile(s, 0.99) and cal["threshold"] <= 1.0
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, model, cfg, cal)
+    det = load_model(path)
+    assert det.threshold == cal["threshold"]
+    np.testing.assert_allclose(calibrate(det, cfg, normals)["normal_scores"], cal["normal_scores"], atol=1e-5)
+    assert model_id_of(cfg, _inference_state(model)) == det.model_id

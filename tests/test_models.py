@@ -1,0 +1,286 @@
+"""Networks, losses, scoring math and the training step (plain PyTorch, no Ray)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from defectray.config import get_config
+from defectray.models import DefectModel, build_model, images_to_tensor
+from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
+from defectray.models.layers import ReparamLargeKernelConv
+from defectray.models.losses import feature_consistency_loss, focal_loss, ssim, ssim_loss
+from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
+from defectray.models.reconstruction import ReconstructionNet
+from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores
+from defectray.models.train_step import TrainStep
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**kw):
+    base = dict(image_size=32, channels=1, recon_base_width=8, recon_depth=3, seg_base_width=8, seg_depth=4,
+                batch_size=8, lr=2e-3, epochs=10, feature_refresh_every=5)
+    base.update(kw)
+    return get_config("cpu-small", **base)
+
+
+# --- shapes ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("large_kernel", [True, False])
+@pytest.mark.parametrize("size", [(33, 33), (37, 50), (17, 29)])
+def test_shapes_at_odd_sizes(channels, large_kernel, size):
+    model = build_model(tiny_config(channels=channels, large_kernel=large_kernel)).eval()
+    x = torch.rand(2, channels, *size)
+    recon, logits = model(x)
+    assert recon.shape == x.shape and logits.shape == (2, 2, *size)
+    assert recon.min() >= 0 and recon.max() <= 1  # the reconstruction stays in the input's [0, 1] range
+
+
+@pytest.mark.parametrize("kind, cls", [("copy", CopiedEncoder), ("gradient", LiveEncoder), ("none", type(None))])
+def test_feature_extractor_kinds(kind, cls):
+    model = build_model(tiny_config(feature_extractor=kind))
+    assert isinstance(model.feature_extractor, cls)
+    x = torch.rand(2, 1, 35, 35)
+    recon, logits, feature = model(x, clean=x)
+    assert feature.ndim == 0 and torch.isfinite(feature)
+    assert (feature.item() == 0) == (kind == "none")
+
+
+def test_unknown_feature_extractor():
+    with pytest.raises(ValueError, match="feature_extractor"):
+        build_model(tiny_config(feature_extractor="vgg"))
+
+
+def test_widths_follow_config():
+    recon = ReconstructionNet(3, base_width=128, depth=5)
+    assert recon.widths == [128, 256, 512, 1024, 1024]  # DRAEM's x1,2,4,8,8
+    paper = build_model(get_config("paper"), feature_extractor=False)
+    assert len(paper.prediction.encoder) == 6 and paper.prediction.head.in_channels == 64
+
+
+def test_kernel_sizes_scale_with_resolution():
+    assert level_kernel_sizes([31, 29, 27, 13], 256, 6) == [None, 31, 29, 27, 13, None]
+    assert level_kernel_sizes([31, 29, 27, 13], 128, 4) == [None, 15, 13, 13]
+    assert level_kernel_sizes([31, 29, 27, 13], 512, 6) == [None, 61, 57, 53, 25, None]
+    assert level_kernel_sizes([31, 29, 27, 13], 64, 6) == [None, 7, 7, 5, 3, None]  # capped by the 8 px map
+    assert level_kernel_sizes([31, 29, 27, 13], 32, 6) == [None, 3, 3, 3, None, None]
+    for k in level_kernel_sizes([31, 29, 27, 13], 200, 6):
+        assert k is None or k % 2 == 1
+    plain = DefectPredictionNet(2, base_width=8, depth=4, large_kernel=False, image_size=128)
+    assert not any(isinstance(m, ReparamLargeKernelConv) for m in plain.modules())
+
+
+# --- re-parameterisation -------------------------------------------------------------------------------
+
+def test_reparameterize_matches_training_form():
+    torch.manual_seed(0)
+    net = DefectPredictionNet(2, base_width=8, depth=4, large_kernel=True, image_size=128)
+    net.train()
+    with torch.no_grad():  # non-trivial BN statistics and affine parameters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        for _ in range(3):
+            net(torch.rand(4, 2, 64, 64))
+    net.eval()
+    x = torch.rand(3, 2, 61, 70)
+    with torch.no_grad():
+        before = net(x)
+        probs_before = torch.softmax(before, 1)
+        n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+        net.reparameterize()
+        after = net(x)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) < n_convs
+    assert all(m.fused is not None for m in net.modules() if isinstance(m, ReparamLargeKernelConv))
+    assert torch.allclose(before, after, atol=1e-5, rtol=0)
+    assert torch.allclose(probs_before, torch.softmax(after, 1), atol=1e-5, rtol=0)
+
+
+# --- losses and scores ---------------------------------------------------------------------------------
+
+def test_losses():
+    x = torch.rand(2, 3, 40, 40)
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert ssim_loss(x, torch.rand_like(x)).item() > 0.5
+    assert ssim_loss(x, (x + 0.02 * torch.randn_like(x)).clamp(0, 1)) < ssim_loss(x, torch.rand_like(x))
+    logits = torch.tensor([[[[2.0]], [[0.0]]]])  # p(class 1) = 1 / (1 + e^2)
+    p1 = 1 / (1 + np.exp(2.0))
+    assert focal_loss(logits, torch.tensor([[[1]]])).item() == pytest.approx(-(1 - p1) ** 2 * np.log(p1), rel=1e-5)
+    assert focal_loss(logits, torch.tensor([[[0]]])).item() == pytest.approx(-p1 ** 2 * np.log(1 - p1), rel=1e-5)
+    f = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]
+    assert feature_consistency_loss(f, f).item() == pytest.approx(0.0, abs=1e-5)
+    assert feature_consistency_loss(f, [-t for t in f]).item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_filter_size_and_image_scores():
+    assert filter_size_for(get_config("paper")) == 21
+    assert filter_size_for(get_config("paper", image_size=128)) == 11
+    assert filter_size_for(get_config("paper", image_size=512)) == 43
+    assert filter_size_for(get_config("paper", image_size=8)) == 1
+    maps = np.zeros((3, 20, 20), np.float32)
+    maps[1, 5:8, 5:8] = 1.0  # a 3x3 blob: a 3x3 mean filter's max is exactly 1
+    maps[2, 10, 10] = 1.0  # one pixel: diluted to 1/9
+    scores = image_scores(maps, 3)
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [0.0, 1.0, 1 / 9], atol=1e-6)
+    np.testing.assert_allclose(image_scores(torch.from_numpy(maps), 3), scores)
+    corner = np.zeros((1, 20, 20), np.float32)
+    corner[0, :2, :2] = 1.0  # at the border only in-image pixels are averaged
+    assert image_scores(corner, 3)[0] == pytest.approx(1.0)
+    assert image_scores(maps, 1)[2] == 1.0
+
+
+def test_images_to_tensor():
+    gray = np.full((2, 5, 7), 255, np.uint8)
+    t = images_to_tensor(gray)
+    assert t.shape == (2, 1, 5, 7) and t.dtype == torch.float32 and t.max() == 1.0
+    rgb = np.zeros((1, 5, 7, 3), np.uint8)
+    rgb[..., 2] = 51
+    t = images_to_tensor(rgb)
+    assert t.shape == (1, 3, 5, 7) and t[0, 2, 0, 0].item() == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        images_to_tensor(np.zeros((1, 5, 7), np.float32))
+
+
+# --- training step ---------------------------------------------------------------------------------------
+
+def synthetic_batch(n: int, size: int, seed: int = 0):
+    """Smooth normal images; half get a bright or dark square defect whose mask is the target."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    clean = (0.4 + 0.1 * torch.sin(xx / size * 6.28)[None, None] + 0.03 * torch.rand(n, 1, size, size, generator=g))
+    damaged, mask = clean.clone(), torch.zeros(n, 1, size, size)
+    for i in range(0, n, 2):
+        y, x = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        mask[i, :, y:y + 10, x:x + 10] = 1
+        damaged[i, :, y:y + 10, x:x + 10] = 0.95 if i % 4 == 0 else 0.05
+    return damaged.clamp(0, 1), clean.clamp(0, 1), mask
+
+
+def mask_iou(model: DefectModel, damaged, mask) -> float:
+    pred = anomaly_maps(model, damaged) > 0.5
+    truth = mask[:, 0] > 0.5
+    return ((pred & truth).sum() / (pred | truth).sum().clamp(min=1)).item()
+
+
+def test_tiny_model_overfits_a_handful_of_samples():
+    cfg = tiny_config()
+    damaged, clean, mask = synthetic_batch(8, 32)
+    step = TrainStep(cfg)
+    iou_before = mask_iou(step.model, damaged, mask)
+    losses = [step(damaged, clean, mask) for _ in range(100)]
+    iou_after = mask_iou(step.model, damaged, mask)
+    first, last = np.mean([l["loss"] for l in losses[:5]]), np.mean([l["loss"] for l in losses[-5:]])
+    assert last < 0.5 * first, (first, last)
+    assert losses[-1]["focal"] < 0.3 * losses[0]["focal"]
+    assert iou_after > 0.5 and iou_after > iou_before + 0.3, (iou_before, iou_after)
+    assert step.step == 100
+    assert set(losses[0]) == {"loss", "l2", "ssim", "feature", "focal"}
+
+
+def test_train_step_is_deterministic_and_resumes():
+    cfg = tiny_config()
+    damaged, clean, mask = synthetic_batch(4, 32)
+    a, b = TrainStep(cfg), TrainStep(cfg)
+    ra = [a(damaged, clean, mask[:, 0]) for _ in range(3)]  # (B, S, S) masks work too
+    rb = [b(damaged, clean, mask) for _ in range(3)]
+    assert ra == rb
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    c = TrainStep(cfg.replace(seed=1))
+    c.load_state_dict(torch.load(buf, weights_only=True))
+    assert c.step == 3
+    assert c(damaged, clean, mask) == a(damaged, clean, mask)
+
+
+def test_lr_schedule_and_copy_refresh():
+    cfg = tiny_config(epochs=10, lr_milestones=[0.4, 0.8], lr=1e-3, feature_refresh_every=2)
+    step = TrainStep(cfg)
+    for epoch in range(10):
+        step.end_epoch(epoch)
+        if epoch == 2:
+            assert step.lr == pytest.approx(1e-3)
+        if epoch == 3:
+            assert step.lr == pytest.approx(1e-4)
+    assert step.lr == pytest.approx(1e-5)
+    damaged, clean, mask = synthetic_batch(2, 32)
+    enc, copy = step.model.reconstruction.encoder, step.model.feature_extractor.encoder
+    step(damaged, clean, mask)  # step 1: the copy lags the encoder
+    assert not all(torch.equal(p, q) for p, q in zip(enc.parameters(), copy.parameters()))
+    assert not any(p.requires_grad for p in copy.parameters()) and not copy.training
+    step(damaged, clean, mask)  # step 2: refreshed
+    assert all(torch.equal(p, q) for p, q in zip(enc.state_dict().values(), copy.state_dict().values()))
+
+
+def test_gradient_extractor_trains_the_encoder_through_the_feature_loss():
+    model = build_model(tiny_config(feature_extractor="gradient"))
+    x = torch.rand(2, 1, 32, 32)
+    _, _, feature = model(x, clean=torch.rand_like(x))
+    feature.backward()
+    assert model.reconstruction.encoder[0][0][0].weight.grad.abs().sum() > 0
+    assert model.prediction.head.weight.grad is None  # the feature term touches the reconstruction only
+
+
+# --- timm extractor (weights made here, nothing downloaded) ---------------------------------------------
+
+def test_timm_extractor_from_a_local_weights_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = timm.create_model("resnet10t", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "r10.pth")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "r10.safetensors"))
+    for weights in ("r10.pth", "r10.safetensors"):
+        model = build_model(tiny_config(feature_extractor="timm:resnet10t", feature_weights=str(tmp_path / weights)))
+        ext = model.feature_extractor
+        assert isinstance(ext, TimmFeatures) and not any(p.requires_grad for p in ext.parameters())
+        assert torch.equal(ext.backbone.conv1[0].weight, source.conv1[0].weight)
+        x = torch.rand(2, 1, 64, 64)
+        features = ext(x)
+        reference = timm.create_model("resnet10t", pretrained=False, features_only=True, out_indices=(1, 2, 3))
+        reference.load_state_dict(source.state_dict(), strict=False)
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        expected = reference.eval()((x.expand(-1, 3, -1, -1) - mean[:, None, None]) / std[:, None, None])
+        assert len(features) == 3
+        for f, e in zip(features, expected):
+            torch.testing.assert_close(f, e)  # grayscale repeated, ImageNet-normalised inside the wrapper only
+        _, _, feature = model(x, clean=torch.rand_like(x))
+        assert feature.item() > 0
+    step = TrainStep(tiny_config(feature_extractor="timm:resnet10t", feature_weights=str(tmp_path / "r10.pth")))
+    assert step(*synthetic_batch(2, 64))["feature"] > 0
+
+
+def test_timm_extractor_refuses_wrong_or_foreign_weights(tmp_path):
+    torch.save({"x": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="do not fit"):
+        build_model(tiny_config(feature_extractor="timm:resnet10t", feature_weights=str(tmp_path / "other.pth")))
+    (tmp_path / "junk.bin").write_bytes(b"not weights at all")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        build_model(tiny_config(feature_extractor="timm:resnet10t", feature_weights=str(tmp_path / "junk.bin")))
+
+
+def test_train_step_accepts_a_wrapped_model():
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel: forward delegates, .module holds it
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    cfg = tiny_config(feature_refresh_every=1)
+    torch.manual_seed(cfg.seed)
+    step = TrainStep(cfg, model=Wrapper(build_model(cfg)))
+    out = step(*synthetic_batch(2, 32))
+    assert np.isfinite(out["loss"]) and step.net is step.model.module
+    assert all(not k.startswith("module.") for k in step.state_dict()["model"])
+    plain = TrainStep(cfg)
+    plain.load_state_dict(step.state_dict())  # a checkpoint of a wrapped model loads into an unwrapped one
