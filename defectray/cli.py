@@ -21,7 +21,7 @@ COMMANDS = {
 }
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """A user-facing error: printed as one line, exit status 2, no traceback."""
 
 
