@@ -368,6 +368,18 @@ def _arrow_filesystem(uri: str):
 # ---- the job ---------------------------------------------------------------------------------------
 
 
+def autoscaler_max(resource: str) -> int:
+    """How much of ``resource`` ("GPU", "CPU") the cluster can grow to under its autoscaler (the sum over
+    node types of max_workers x resources, as Ray Train checks its worker group against); 0 without an
+    autoscaler config (a local Ray, nodes started by hand)."""
+    try:
+        from ray._private.state import state
+
+        return int(min((state.get_max_resources_from_cluster_config() or {}).get(resource, 0), 1 << 20))
+    except Exception:  # no autoscaler config, or a Ray without this (private) call
+        return 0
+
+
 def score_archive(
     model: str,
     input: str,
@@ -384,8 +396,9 @@ def score_archive(
     ``model``; write a Parquet dataset to ``output`` and one 8-bit PNG anomaly map per image under
     ``masks`` (default ``<output>/masks``). Returns the run's summary (see :func:`format_summary`).
 
-    ``gpus_per_actor``: None gives each model actor one GPU when the cluster has GPUs right now, else none;
-    pass 1 on an autoscaling cluster whose GPU nodes only start on demand."""
+    ``gpus_per_actor``: None gives each model actor one GPU when the cluster has GPUs right now or its
+    autoscaler may add GPU nodes (cluster.yaml's GPU type scales from zero), else none. ``actors`` None:
+    a pool of 1 to (GPUs now or possible) / ``gpus_per_actor`` actors, or 1 to the CPU count without GPUs."""
     import ray
 
     from defectray.models.modelfile import load_model
@@ -438,12 +451,15 @@ def score_archive(
         ray.init() if os.environ.get("RAY_ADDRESS") else ray.init(include_dashboard=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        # GPUs now or, under an autoscaler, the GPUs it may add: a night that starts with the GPU nodes scaled
+        # to zero still asks for GPU actors, and the pool may grow to every GPU node (pending actors are the
+        # demand that makes the autoscaler start them).
+        gpus = max(int(ray.cluster_resources().get("GPU", 0)), autoscaler_max("GPU"))
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if gpus_per_actor is None:
             gpus_per_actor = 1 if gpus else 0
         if actors is None:  # without GPUs Ray fuses decoding into the actors, so one actor per CPU
-            actors = (1, max(1, gpus)) if gpus_per_actor else (1, max(1, cpus))
+            actors = (1, max(1, int(gpus / gpus_per_actor))) if gpus_per_actor else (1, max(1, cpus))
         rows = [{"image_path": u, "mask_path": masks_of[u]} for u in todo]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 1000)))
         ds = ds.map_batches(read_and_prepare, batch_size=batch_size, batch_format="numpy",

@@ -559,10 +559,17 @@ def train(
 
     if not ray.is_initialized():
         ray.init()
+    from defectray.score import autoscaler_max
+
     cluster = ray.cluster_resources()
-    if use_gpu is None:
-        use_gpu = cluster.get("GPU", 0) >= workers
-    cpus = plan_resources(workers, use_gpu, cpus_per_worker, cluster.get("CPU", 0))
+    if use_gpu is None:  # GPU nodes may be scaled to zero: count those the autoscaler can add
+        use_gpu = max(cluster.get("GPU", 0), autoscaler_max("GPU")) >= workers
+    # Explicit or GPU sizing may count on nodes the autoscaler has yet to add; the CPU-only default
+    # divides the CPUs present (a share of the autoscaler's total could exceed any single node).
+    cluster_cpus = cluster.get("CPU", 0)
+    if use_gpu or cpus_per_worker is not None:
+        cluster_cpus = max(cluster_cpus, autoscaler_max("CPU"))
+    cpus = plan_resources(workers, use_gpu, cpus_per_worker, cluster_cpus)
 
     global_batch = workers * config.batch_size
     steps_per_epoch = steps_per_epoch_for(len(train_paths), global_batch)
@@ -570,7 +577,12 @@ def train(
     if config.max_steps is not None:
         data_epochs = min(data_epochs, math.ceil(config.max_steps / steps_per_epoch))
     sources = build_sources(config, train_paths)
-    resume = ray.remote(num_cpus=0)(ResumePoint).remote()
+    # On the driver's node (the head, under `ray job submit`), which lives as long as the run: anywhere else, a
+    # lost worker node could take the resume point with it and fail the restart that should recover the run.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    resume = ray.remote(num_cpus=0, scheduling_strategy=driver_node)(ResumePoint).remote()
     dataset, rows_per_epoch = build_dataset(train_paths, config, sources, global_batch, max(1, data_epochs), resume)
     print(f"[defectray train] {len(train_paths)} training images ({len(held_out)} held out for calibration), "
           f"{workers} worker(s) x {cpus:g} CPU{' + 1 GPU' if use_gpu else ''}, {steps_per_epoch} steps/epoch "

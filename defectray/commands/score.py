@@ -43,12 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default 16)")
     parser.add_argument("--actors", type=_actors, metavar="MIN,MAX",
                         help="model actor pool size, autoscaled between MIN and MAX "
-                             "(default: 1 to the number of GPUs, or to the number of CPUs without GPUs)")
+                             "(default: 1 to the number of GPUs, counting those the autoscaler may add, or to the "
+                             "number of CPUs on a cluster without GPUs)")
     parser.add_argument("--resume", action="store_true",
                         help="score only the images without an ok row at --output (after a crash)")
     parser.add_argument("--gpus-per-actor", type=float, metavar="G",
-                        help="GPUs per model actor (default: 1 if the cluster has GPUs now, else 0; "
-                             "pass 1 when GPU nodes start on demand)")
+                        help="GPUs per model actor (default: 1 if the cluster has GPUs now or its autoscaler "
+                             "config has GPU nodes, else 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

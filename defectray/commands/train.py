@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON config file/URI (replaces --profile; flags below override it)")
     parser.add_argument("--workers", type=int, default=1, help="data-parallel training workers (default 1)")
     parser.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto",
-                        help="one GPU per worker: auto (when the cluster has enough), yes, no")
+                        help="one GPU per worker: auto (when the cluster has, or its autoscaler can add, "
+                             "enough), yes, no")
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs per training worker (default: fit the cluster, "
                                                               "leaving one CPU for synthesis)")
     parser.add_argument("--epochs", type=int, help="epochs (overrides the config)")
