@@ -84,7 +84,8 @@ def ray_local(s3_server):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": a fresh cluster even when another Ray runs on this machine (never join it).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     yield ray
     ray.shutdown()
