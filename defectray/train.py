@@ -319,7 +319,7 @@ def _train_loop(loop: dict) -> None:
     config = Config.from_dict(loop["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(loop["torch_threads"])
+    torch.set_num_threads(max(1, min(loop["torch_threads"], os.cpu_count() or 1)))
     device = ray.train.torch.get_device()
     distributed = dist.is_available() and dist.is_initialized() and world > 1
 
@@ -509,6 +509,10 @@ def _check_resumable(storage_path: str, run_name: str, config: Config) -> None:
                          f"({', '.join(differ)}); pass another --name to start a new run")
 
 
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def plan_resources(workers: int, use_gpu: bool, cpus_per_worker: float | None, cluster_cpus: float) -> float:
     """CPUs per training worker, leaving at least one CPU for the Ray Data synthesis tasks (else they could
     never be scheduled beside the trainers and the run would wait forever)."""
@@ -549,6 +553,10 @@ def train(
     deadline = time.time() + config.max_minutes * 60 if config.max_minutes else None
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    # Ray workers run in their own working directory: a relative local path must mean the caller's.
+    data, out = _absolute(data), _absolute(out)
+    validation = _absolute(validation) if validation else validation
+    storage_path = _absolute(storage_path) if storage_path else storage_path
     paths = io.training_images(data)
     train_paths, held_out = split_holdout(paths, config.val_fraction, config.seed)
     if validation:
@@ -592,7 +600,12 @@ def train(
         "config": config.to_dict(),
         "steps_per_epoch": steps_per_epoch,
         "deadline": deadline,
-        "torch_threads": max(1, int(cpus)),
+        # CPU training: the CPU kept for Ray Data is nearly idle (synthesis needs < 0.1 core per worker,
+        # BENCHMARKS.md "Training pipeline"), so the workers' torch threads share it: on 2 cores one worker
+        # runs 2 threads, 1.8x the steps of 1 thread (BENCHMARKS.md "Accuracy"). The loop caps this at the
+        # worker node's own core count.
+        "torch_threads": max(1, int(cpus)) if use_gpu or cpus_per_worker is not None
+        else max(1, int(cluster_cpus // workers)),
         "resume": resume,
         "held_out": held_out,
         "validation": validation,

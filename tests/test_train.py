@@ -103,13 +103,15 @@ def test_two_workers_train_data_parallel_and_survive_a_lost_worker(ray_local, ti
     assert summary["model_id"] == result.model_id
 
 
-def test_cli_run_then_same_run_resumes(ray_local, tiny_mvtec, tmp_path):
+def test_cli_run_then_same_run_resumes(ray_local, tiny_mvtec, tmp_path, monkeypatch):
     from defectray.cli import main
 
     config_file = tmp_path / "tiny.json"
     config_file.write_text(tiny_config(epochs=1).to_json())
     out = tmp_path / "model"
-    args = ["train", "--data", str(tiny_mvtec), "--out", str(out), "--config", str(config_file), "--gpu", "no"]
+    # a relative --out means the caller's folder, not the Ray worker's working directory
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", str(tiny_mvtec), "--out", "model", "--config", str(config_file), "--gpu", "no"]
     assert main(args) == 0
     first = defectray.load_model(model_uri_for(str(out)))
     # The same run with a larger budget continues: epoch 0 is neither trained nor synthesised again.
