@@ -602,8 +602,8 @@ def train(
         "deadline": deadline,
         # CPU training: the CPU kept for Ray Data is nearly idle (synthesis needs < 0.1 core per worker,
         # BENCHMARKS.md "Training pipeline"), so the workers' torch threads share it: on 2 cores one worker
-        # runs 2 threads, 1.8x the steps of 1 thread (BENCHMARKS.md "Accuracy"). The loop caps this at the
-        # worker node's own core count.
+        # runs 2 threads (a bare TrainStep: 1.74 -> 0.95 s/step; through Ray the gain was not seen yet, see
+        # BENCHMARKS.md "Accuracy"). The loop caps this at the worker node's own core count.
         "torch_threads": max(1, int(cpus)) if use_gpu or cpus_per_worker is not None
         else max(1, int(cluster_cpus // workers)),
         "resume": resume,
