@@ -11,22 +11,14 @@ the command line. Exit status 0 when the job finished (error rows included), 2 o
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from defectray.commands import score as score_command
+from defectray.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/score.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    score_command.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return score_command.run(args)
-    except (FileNotFoundError, ValueError, PermissionError) as e:
-        print(f"jobs/score.py: error: {e}", file=sys.stderr)
-        return 2
+    """`defectray score` itself, so the job and the CLI share one parser and one error handling."""
+    return cli_main(["score", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

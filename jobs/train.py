@@ -12,24 +12,14 @@ command line. Exit status 0 with the model written, 2 on a user error.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from defectray.commands import train as train_command
+from defectray.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    train_command.add_arguments(parser)
-    args = parser.parse_args(argv)
-    from defectray.cli import CommandError
-
-    try:
-        return train_command.run(args)
-    except (CommandError, FileNotFoundError, ValueError, PermissionError) as e:
-        print(f"jobs/train.py: error: {e}", file=sys.stderr)
-        return 2
+    """`defectray train` itself, so the job and the CLI share one parser and one error handling."""
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
