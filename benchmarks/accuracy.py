@@ -40,13 +40,13 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def train_local(cfg, data: str, out: str, threads: int) -> tuple[str, int]:
+def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> tuple[str, int]:
     """Single-process twin of defectray.train.train: same hold-out split, sources, synthesis and schedule."""
     import torch
 
     from defectray import io
     from defectray.models.modelfile import calibrate, save_model
-    from defectray.models.train_step import TrainStep
+    from defectray.models.train_step import TrainStep, budget_progress
     from defectray.synthesis import synthesize_batch
     from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for
 
@@ -55,9 +55,9 @@ def train_local(cfg, data: str, out: str, threads: int) -> tuple[str, int]:
     images = np.stack(_load_many(train_paths, cfg.image_size, cfg.channels))
     sources = build_sources(cfg, train_paths)
     steps_per_epoch = steps_per_epoch_for(len(train_paths), cfg.batch_size)
-    step = TrainStep(cfg)
+    step = TrainStep(cfg, device=device)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
-    deadline = time.time() + cfg.max_minutes * 60 if cfg.max_minutes else None
+    started = time.time()
     epoch = 0
     while epoch < cfg.epochs:
         order = rng.permutation(len(images))
@@ -70,13 +70,16 @@ def train_local(cfg, data: str, out: str, threads: int) -> tuple[str, int]:
             from defectray.models import images_to_tensor
 
             losses = step(images_to_tensor(damaged), images_to_tensor(clean), torch.from_numpy(masks))
+            minutes = (time.time() - started) / 60
+            step.set_progress(budget_progress(cfg, epoch + (b + 1) / steps_per_epoch, step.step, minutes))
             if step.step % 50 == 0:
-                print(json.dumps({"step": step.step, **{k: round(v, 4) for k, v in losses.items()}}), flush=True)
-            if (cfg.max_steps is not None and step.step >= cfg.max_steps) or (deadline and time.time() > deadline):
+                print(json.dumps({"step": step.step, "min": round(minutes, 2), "lr": step.lr,
+                                  **{k: round(v, 4) for k, v in losses.items()}}), flush=True)
+            if (cfg.max_steps is not None and step.step >= cfg.max_steps) or (
+                    cfg.max_minutes and minutes >= cfg.max_minutes):
                 epoch = cfg.epochs
                 break
         else:
-            step.end_epoch(epoch)
             epoch += 1
     held = _load_many(held_out, cfg.image_size, cfg.channels)
     uri = os.path.join(out, "model.safetensors")
@@ -141,6 +144,7 @@ def main() -> None:
                     "dropped unless this is given (a shared box's load must not decide where a row stops)")
     ap.add_argument("--engine", choices=("ray", "local"), default="ray")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for --engine local")
+    ap.add_argument("--device", default="cpu", help="torch device for --engine local (e.g. cuda)")
     ap.add_argument("--out", help="run folder (default runs/accuracy/<name>)")
     ap.add_argument("--name", help="row name (default: the overrides)")
     ap.add_argument("--model", help="skip training: evaluate this model file")
@@ -172,8 +176,8 @@ def main() -> None:
     if args.model:
         model_uri, engine, steps = args.model, "given model", args.steps
     elif args.engine == "local":
-        model_uri, steps = train_local(cfg, args.data, out, args.threads)
-        engine = f"local {args.threads}t"
+        model_uri, steps = train_local(cfg, args.data, out, args.threads, args.device)
+        engine = f"local {args.device if args.device != 'cpu' else f'{args.threads}t'}"
     else:
         from defectray.train import train
 

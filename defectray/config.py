@@ -52,7 +52,9 @@ class Config:
     batch_size: int = 8
     lr: float = 1e-4
     epochs: int = 700
-    lr_milestones: list[float] = field(default_factory=lambda: [400 / 700, 600 / 700])  # fractions of run
+    # lr x0.1 at each of these fractions of the run's budget (epochs, max_steps or max_minutes, whichever
+    # runs out first; defectray.models.train_step.budget_progress)
+    lr_milestones: list[float] = field(default_factory=lambda: [400 / 700, 600 / 700])
     max_steps: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -103,6 +105,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 2e-4,
         "epochs": 1000,
         "max_minutes": 20.0,
+        "lr_milestones": [0.8],  # a short budget gets one drop, for its last fifth
         # 3x3 at 128 px (5 at the 256 px reference): DRAEM's 21 (11x11 here) averages small defects away;
         # 3x3 scored +0.02 to +0.06 image AUROC over 11x11 on every model measured (BENCHMARKS.md, Accuracy).
         "score_filter_size": 5,

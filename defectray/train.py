@@ -314,7 +314,7 @@ def _train_loop(loop: dict) -> None:
 
     from defectray.models import build_model
     from defectray.models.modelfile import calibrate, save_model
-    from defectray.models.train_step import TrainStep
+    from defectray.models.train_step import TrainStep, budget_progress
 
     config = Config.from_dict(loop["config"])
     ctx = ray.train.get_context()
@@ -344,20 +344,27 @@ def _train_loop(loop: dict) -> None:
     deadline = loop["deadline"]
     validation = _validation_data(loop["validation"]) if loop["validation"] and rank == 0 else None
 
-    def budget_reached() -> str | None:
+    def minutes_used() -> float | None:
+        if deadline is None:
+            return None
+        used = torch.tensor([config.max_minutes - (deadline - time.time()) / 60], dtype=torch.float64, device=device)
+        if distributed:  # clocks differ: rank 0 decides for everyone
+            dist.broadcast(used, 0)
+        return used.item()
+
+    def budget_reached(epochs_done: float) -> str | None:
+        """Also moves the lr schedule along: both read the same budgets (see budget_progress)."""
+        minutes = minutes_used()
+        step.set_progress(budget_progress(config, epochs_done, step.step, minutes))
         if config.max_steps is not None and step.step >= config.max_steps:
             return "max_steps"  # the step count is the same on every worker
-        if deadline is not None:  # clocks differ: rank 0 decides for everyone
-            flag = torch.tensor([1.0 if time.time() >= deadline else 0.0], device=device)
-            if distributed:
-                dist.broadcast(flag, 0)
-            if flag.item() > 0:
-                return "max_minutes"
+        if minutes is not None and minutes >= config.max_minutes:
+            return "max_minutes"
         return None
 
     batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=config.batch_size))
     epoch, last = start_epoch, {}
-    stopped_by = budget_reached() if epoch < epochs else None
+    stopped_by = budget_reached(epoch) if epoch < epochs else None
     epoch_seconds: list[float] = []
     while epoch < epochs and stopped_by is None:
         t0, samples, sums, n_steps = time.monotonic(), 0, {}, 0
@@ -374,11 +381,10 @@ def _train_loop(loop: dict) -> None:
             n_steps += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
-            stopped_by = budget_reached()
+            stopped_by = budget_reached(epoch + n_steps / steps_per_epoch)
             if stopped_by:
                 break
         if n_steps == steps_per_epoch:
-            step.end_epoch(epoch)
             epoch += 1
         seconds = time.monotonic() - t0
         totals = torch.tensor([samples, *[sums[k] for k in sorted(sums)]], dtype=torch.float64, device=device)

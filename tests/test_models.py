@@ -16,7 +16,7 @@ from defectray.models.losses import feature_consistency_loss, focal_loss, ssim, 
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
 from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores
-from defectray.models.train_step import TrainStep
+from defectray.models.train_step import TrainStep, budget_progress
 
 torch.set_num_threads(2)
 
@@ -200,16 +200,27 @@ def test_train_step_is_deterministic_and_resumes():
     assert c(damaged, clean, mask) == a(damaged, clean, mask)
 
 
-def test_lr_schedule_and_copy_refresh():
-    cfg = tiny_config(epochs=10, lr_milestones=[0.4, 0.8], lr=1e-3, feature_refresh_every=2)
+def test_lr_schedule_follows_whichever_budget_runs_out_first():
+    cfg = tiny_config(epochs=10, lr_milestones=[0.4, 0.8], lr=1e-3)
+    assert budget_progress(cfg, 3, 30, None) == pytest.approx(0.3)
+    assert budget_progress(cfg.replace(max_steps=50), 3, 30, None) == pytest.approx(0.6)
+    assert budget_progress(cfg.replace(max_minutes=20.0), 3, 30, 17.0) == pytest.approx(0.85)
+    assert budget_progress(cfg.replace(max_minutes=20.0), 3, 30, 25.0) == 1.0
     step = TrainStep(cfg)
-    for epoch in range(10):
-        step.end_epoch(epoch)
-        if epoch == 2:
-            assert step.lr == pytest.approx(1e-3)
-        if epoch == 3:
-            assert step.lr == pytest.approx(1e-4)
+    for progress, lr in [(0.0, 1e-3), (0.39, 1e-3), (0.4, 1e-4), (0.79, 1e-4), (0.8, 1e-5), (1.0, 1e-5)]:
+        step.set_progress(progress)
+        assert step.lr == pytest.approx(lr)
+        assert all(g["lr"] == pytest.approx(lr) for g in step.optimizer.param_groups)
+    step.set_progress(0.1)  # progress never goes back (a resumed run's fresh time budget)
     assert step.lr == pytest.approx(1e-5)
+    other = TrainStep(cfg)
+    other.load_state_dict(step.state_dict())
+    assert other.lr == pytest.approx(1e-5) and other.progress == 1.0
+
+
+def test_copy_refresh():
+    cfg = tiny_config(feature_refresh_every=2)
+    step = TrainStep(cfg)
     damaged, clean, mask = synthetic_batch(2, 32)
     enc, copy = step.model.reconstruction.encoder, step.model.feature_extractor.encoder
     step(damaged, clean, mask)  # step 1: the copy lags the encoder

@@ -9,8 +9,6 @@ the forward, the unwrapped module is used for everything else (feature refresh, 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
@@ -20,9 +18,23 @@ from defectray.models.features import CopiedEncoder
 from defectray.models.losses import focal_loss, l2_loss, ssim_loss
 
 
-def lr_milestone_epochs(config: Config) -> list[int]:
-    """``lr_milestones`` are fractions of ``epochs``; the lr drops x0.1 after each."""
-    return sorted({max(1, round(f * config.epochs)) for f in config.lr_milestones})
+def lr_at(config: Config, progress: float) -> float:
+    """The lr after ``progress`` (0..1) of the run's budget: x0.1 for each ``lr_milestones`` fraction passed.
+
+    Progress is whichever budget runs out first (epochs, steps or minutes), not epochs alone: a 20-minute CPU
+    run finishes a small part of its nominal epochs, and milestones counted in epochs would never fire there."""
+    passed = sum(1 for f in config.lr_milestones if progress >= f)
+    return config.lr * 0.1**passed
+
+
+def budget_progress(config: Config, epochs_done: float, steps_done: int, minutes_done: float | None) -> float:
+    """How far along the run is, as the largest fraction used of any of its budgets."""
+    parts = [epochs_done / max(1, config.epochs)]
+    if config.max_steps:
+        parts.append(steps_done / config.max_steps)
+    if config.max_minutes and minutes_done is not None:
+        parts.append(minutes_done / config.max_minutes)
+    return min(1.0, max(parts))
 
 
 class TrainStep:
@@ -40,8 +52,8 @@ class TrainStep:
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, lr_milestone_epochs(config), gamma=0.1)
         self.step = 0
+        self.progress = 0.0
 
     @property
     def net(self) -> nn.Module:
@@ -78,29 +90,23 @@ class TrainStep:
         return {"loss": loss.item(), "l2": l2.item(), "ssim": ssim.item(), "feature": feature.item(),
                 "focal": focal.item()}
 
-    def end_epoch(self, epoch: int) -> None:
-        """Call after finishing epoch ``epoch`` (0-based): steps the lr schedule up to epoch + 1."""
-        with warnings.catch_warnings():  # stepping before any optimizer step (resume, tests) is intended
-            warnings.simplefilter("ignore", UserWarning)
-            while self.scheduler.last_epoch < epoch + 1:
-                self.scheduler.step()
+    def set_progress(self, progress: float) -> None:
+        """Tell the step how far through its budget the run is (see ``budget_progress``); sets the lr."""
+        self.progress = max(self.progress, float(progress))  # never back: a resume must not raise the lr again
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.config, self.progress)
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        sched = self.scheduler.state_dict()
-        sched["milestones"] = dict(sched["milestones"])  # a Counter, which weights_only loading refuses
-        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": sched,
-                "step": self.step}
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "progress": self.progress}
 
     def load_state_dict(self, d: dict) -> None:
-        from collections import Counter
-
         self.net.load_state_dict(d["model"])
         self.optimizer.load_state_dict(d["optimizer"])
-        sched = dict(d["scheduler"])
-        sched["milestones"] = Counter({int(k): int(v) for k, v in sched["milestones"].items()})
-        self.scheduler.load_state_dict(sched)
         self.step = int(d["step"])
+        self.progress = 0.0
+        self.set_progress(float(d.get("progress", 0.0)))
