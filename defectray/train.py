@@ -234,8 +234,11 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     n = len(train_paths)
     rows_per_epoch = steps_per_epoch_for(n, global_batch) * global_batch
     total = rows_per_epoch * epochs
-    # Small read blocks: the first batches reach the trainer after one block's work, not one epoch's.
-    rows_per_block = max(4 * config.batch_size, math.ceil(total / 5000))
+    # Blocks: small enough that the first batches reach the trainer after one block's work (not one epoch's)
+    # and a block's output stays ~64 MiB; few enough (~500) that Ray Data's scheduling loop, whose cost grows
+    # with the blocks queued, stays cheap (BENCHMARKS.md "Training pipeline").
+    row_bytes = config.image_size**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
+    rows_per_block = max(4 * config.batch_size, min(math.ceil(total / 500), (64 << 20) // row_bytes))
     paths_box = [ray.put(list(train_paths))]
     sources_box = [ray.put(sources)]
     ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / rows_per_block)))
@@ -249,6 +252,9 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
         fn_kwargs=dict(sources=sources_box, method=config.synthesis, seed=config.seed,
                        anomaly_prob=config.anomaly_prob, rotate_prob=config.rotate_prob),
     )
+    from defectray.pacing import pace_scheduling_loop
+
+    pace_scheduling_loop(ds)
     return ds, rows_per_epoch
 
 
