@@ -211,6 +211,10 @@ def main() -> None:
         cls = " / ".join(f"{k} {v:.3f}" for k, v in per_class.items())
         shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "—"
         machine = f"2-core CPU sandbox, no GPU ({platform.machine()}, load {os.getloadavg()[0]:.1f})"
+        if args.engine == "local" and args.device.startswith("cuda"):
+            import torch
+
+            machine = f"{torch.cuda.get_device_name(args.device)}, {os.cpu_count()} CPU cores"
         append_row(args.benchmarks, f"| {name} | {engine} | {args.profile}: {shown} | {steps} | {train_min:.1f} | "
                    f"{f3(metrics['image_auroc'])} | {f3(metrics['pixel_auroc'])} | {f3(metrics['pixel_aupro'])} | "
                    f"{f3(metrics['pixel_ap'])} | {cls} | {machine} |")
