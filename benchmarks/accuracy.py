@@ -48,11 +48,11 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     from defectray.models.modelfile import calibrate, save_model
     from defectray.models.train_step import TrainStep, budget_progress
     from defectray.synthesis import synthesize_batch
-    from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for
+    from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for, training_view
 
     torch.set_num_threads(threads)
     train_paths, held_out = split_holdout(io.training_images(data), cfg.val_fraction, cfg.seed)
-    images = np.stack(_load_many(train_paths, cfg.image_size, cfg.channels))
+    fitted = _load_many(train_paths, cfg)
     sources = build_sources(cfg, train_paths)
     steps_per_epoch = steps_per_epoch_for(len(train_paths), cfg.batch_size)
     step = TrainStep(cfg, device=device)
@@ -60,12 +60,13 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     started = time.time()
     epoch = 0
     while epoch < cfg.epochs:
-        order = rng.permutation(len(images))
+        order = rng.permutation(len(fitted))
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
-            damaged, clean, masks = synthesize_batch(images[idx], cfg.synthesis, rng, sources, cfg.anomaly_prob,
+            views = np.stack([training_view(fitted[i], cfg.image_size, rng)[0] for i in idx])
+            damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
                                                      cfg.rotate_prob)
             from defectray.models import images_to_tensor
 
@@ -81,7 +82,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
                 break
         else:
             epoch += 1
-    held = _load_many(held_out, cfg.image_size, cfg.channels)
+    held = _load_many(held_out, cfg)
     uri = os.path.join(out, "model.safetensors")
     save_model(uri, step.net, cfg, calibrate(step.net, cfg, held))
     return uri, step.step
@@ -101,13 +102,12 @@ def filter_sweep(model_uri: str, data: str, sizes: list[int]) -> dict:
     maps = []
     for i in range(0, len(items), 16):
         chunk = items[i:i + 16]
-        maps.append(det.infer(det.preprocess([load_image(it.image, det.config.channels) for it in chunk])))
-    maps = np.concatenate(maps)
+        maps.extend(det.infer(det.preprocess([load_image(it.image, det.config.channels) for it in chunk])))
     labels = np.array([it.is_anomalous for it in items])
     kinds = np.array([it.defect_class for it in items])
     result = {}
     for size in sizes:
-        s = image_scores(maps, size)
+        s = np.array([image_scores(m, size)[0] for m in maps])
         row = {"all": round(float(roc_auc_score(labels, s)), 4)}
         for k in sorted(set(kinds[labels])):
             sel = (kinds == k) | ~labels

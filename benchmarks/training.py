@@ -66,14 +66,15 @@ def main() -> None:
 
     from defectray import io
     from defectray.config import get_config
-    from defectray.train import build_sources, load_resized, plan_resources, split_holdout, train
+    from defectray.models.tiling import center_crop
+    from defectray.train import build_sources, load_fitted, plan_resources, split_holdout, train
 
     config = get_config(args.profile, epochs=args.epochs, max_minutes=None)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     threads = max(1, int(plan_resources(1, False, None, args.cpus)))
     paths = io.training_images(args.data)
     train_paths, _ = split_holdout(paths, config.val_fraction, config.seed)
-    images = np.stack([load_resized(p, config.image_size, config.channels) for p in train_paths[:64]])
+    images = np.stack([center_crop(load_fitted(p, config), config.image_size) for p in train_paths[:64]])
 
     baseline = in_memory_rate(config, images, args.steps, threads)
     sources = build_sources(config, train_paths)

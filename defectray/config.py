@@ -16,7 +16,10 @@ from typing import Any
 @dataclass
 class Config:
     # --- data -----------------------------------------------------------------------------------
-    image_size: int = 256  # square training/inference resolution
+    image_size: int = 256  # the network's square input: tiles of this size (see fit)
+    # "tiles": keep the aspect ratio (short side -> image_size, square tiles along the long side);
+    # "stretch": squeeze the image into one square (DRAEM). defectray/models/tiling.py says why tiles.
+    fit: str = "tiles"
     channels: int = 3  # 1 = grayscale model, 3 = RGB model; inputs are converted to this
     val_fraction: float = 0.1  # normal training images held out for calibration (and validation)
 

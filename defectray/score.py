@@ -141,7 +141,7 @@ class _Preprocessor:
     def __init__(self, config):
         self.config = config
 
-    def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
+    def preprocess(self, images: list[np.ndarray]) -> list[np.ndarray]:
         from defectray.models.modelfile import Detector
 
         return Detector.preprocess(self, images)
@@ -182,11 +182,14 @@ def read_and_prepare(batch: dict[str, np.ndarray], config) -> dict[str, np.ndarr
         except Exception as e:
             status[i], error[i] = "error", safe_message(e)
     size, channels = detector.config.image_size, detector.config.channels
-    pixels = np.zeros((n, channels, size, size), np.float32)
+    # One (C, H', W') array per row, H' and W' by the model's fit rule (so rows may differ in shape); a row
+    # that failed gets a placeholder square.
+    pixels = [np.zeros((channels, size, size), np.float32) for _ in range(n)]
     if images:
         idx = sorted(images)
         try:
-            pixels[idx] = detector.preprocess([images[i] for i in idx])
+            for i, x in zip(idx, detector.preprocess([images[i] for i in idx])):
+                pixels[i] = x
         except Exception:  # find the culprit(s) rather than losing the batch
             for i in idx:
                 try:
@@ -200,8 +203,19 @@ def read_and_prepare(batch: dict[str, np.ndarray], config) -> dict[str, np.ndarr
         "error": error,
         "height": height,
         "width": width,
-        "pixels": pixels,
+        "pixels": _tensor_column(pixels),
     }
+
+
+def _tensor_column(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array per row as a Ray Data tensor column: a plain stacked array when the shapes agree, else an
+    object array of arrays (Ray stores that as a variable-shaped tensor column)."""
+    if len({a.shape for a in arrays}) <= 1:
+        return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 1), np.float32)
+    column = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        column[i] = a
+    return column
 
 
 class ScoreActor:
@@ -263,7 +277,7 @@ class ScoreActor:
 
     def _score(self, batch: dict[str, np.ndarray], rows: list[int], score: list) -> dict[int, bytes]:
         sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in rows]
-        maps = self.detector.infer(np.ascontiguousarray(batch["pixels"][rows]))
+        maps = self.detector.infer([batch["pixels"][i] for i in rows])
         scores, full_maps = self.detector.postprocess(maps, sizes)
         masks = {i: _encode_mask(m) for i, m in zip(rows, full_maps)}
         for j, i in enumerate(rows):

@@ -35,6 +35,7 @@ import numpy as np
 
 from defectray import io
 from defectray.config import Config
+from defectray.models.tiling import center_crop, fit_image, fitted_size
 
 MODEL_FILENAME = "model.safetensors"
 SUMMARY_FILENAME = "training.json"
@@ -98,24 +99,24 @@ def steps_per_epoch_for(n_images: int, global_batch: int) -> int:
     return max(1, math.ceil(n_images / global_batch))
 
 
-def resize_square(img: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 image of any size -> (size, size) or (size, size, 3); the same rule as Detector.preprocess, so
-    training and inference see identically resampled pixels."""
-    img = io.convert_channels(img, channels)
-    h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if h > size and w > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
 class BadTrainingImage(ValueError):
     """A training image that cannot be read or decoded (the run stops: no silently dropped images)."""
 
 
-def load_resized(path: str, size: int, channels: int) -> np.ndarray:
+def load_fitted(path: str, config: Config) -> np.ndarray:
+    """A training image resized by the config's ``fit`` rule (the same code as Detector.preprocess, so training
+    and inference see identically resampled pixels): short side ``image_size`` for "tiles"."""
     try:
-        return resize_square(io.load_image(path), size, channels)
+        return fit_image(io.load_image(path), config.image_size, config.channels, config.fit)
     except ValueError as e:
         raise BadTrainingImage(f"{path}: {e}") from None
+
+
+def training_view(fitted: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """The square a training sample sees: a random ``size`` crop of the fitted image, and where it was."""
+    h, w = fitted.shape[:2]
+    y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+    return fitted[y:y + size, x:x + size], y, x
 
 
 def _user_error_in(error: BaseException) -> str | None:
@@ -130,11 +131,11 @@ def _user_error_in(error: BaseException) -> str | None:
     return None
 
 
-def _load_many(paths: list[str], size: int, channels: int) -> list[np.ndarray]:
+def _load_many(paths: list[str], config: Config) -> list[np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda p: load_resized(p, size, channels), paths))
+        return list(pool.map(lambda p: load_fitted(p, config), paths))
 
 
 def build_sources(config: Config, train_paths: list[str]):
@@ -143,11 +144,15 @@ def build_sources(config: Config, train_paths: list[str]):
 
     n = min(len(train_paths), SOURCE_IMAGE_LIMIT)
     pick = np.sort(np.random.default_rng(np.random.SeedSequence([config.seed, 3])).permutation(len(train_paths))[:n])
-    normal = _load_many([train_paths[i] for i in pick], config.image_size, config.channels)
+    # Appearance sources are squares like the training views: the centre of each fitted image.
+    normal = [center_crop(img, config.image_size) for img in _load_many([train_paths[i] for i in pick], config)]
     foreground: str | np.ndarray = config.foreground
     if foreground not in ("otsu", "full"):
+        # A region of interest for a fixed camera: fitted like the images; each training view crops its own
+        # window of it (synthesis_stage).
         mask = io.load_image(foreground, channels=1)
-        foreground = cv2.resize(mask, (config.image_size, config.image_size), interpolation=cv2.INTER_NEAREST) > 0
+        fh, fw = fitted_size(*mask.shape[:2], config.image_size, config.fit)
+        foreground = cv2.resize(mask, (fw, fh), interpolation=cv2.INTER_NEAREST) > 0
     return SynthesisSources(
         normal_images=normal,
         textures=load_bank(config.textures, config.channels, config.image_size),
@@ -186,10 +191,11 @@ class ResumePoint:
         return self.epoch
 
 
-def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int, seed: int, size: int,
-               channels: int, resume=None) -> dict[str, np.ndarray]:
+def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int, seed: int, config: dict,
+               resume=None) -> dict[str, np.ndarray]:
     import ray
 
+    cfg = Config.from_dict(config)
     ids = np.asarray(batch["id"], np.int64)
     epoch, position = ids // rows_per_epoch, ids % rows_per_epoch
     if resume is not None:
@@ -203,25 +209,37 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
         if e not in orders:
             orders[e] = epoch_order(seed, e, n)
         index[i] = orders[e][p % n]
-    shape = (size, size) if channels == 1 else (size, size, channels)
+    size = cfg.image_size
+    shape = (size, size) if cfg.channels == 1 else (size, size, cfg.channels)
     images = np.empty((len(index), *shape), np.uint8)
-    for i, k in enumerate(index.tolist()):
-        images[i] = load_resized(all_paths[k], size, channels)
-    return {"epoch": epoch, "position": position, "index": index, "image": images}
+    crop = np.zeros((len(index), 2), np.int32)
+    for i, (k, e, p) in enumerate(zip(index.tolist(), epoch.tolist(), position.tolist())):
+        # The view is seeded by (seed, epoch, position), like the defect: independent of block layout.
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2, e, p]))
+        images[i], crop[i, 0], crop[i, 1] = training_view(load_fitted(all_paths[k], cfg), size, rng)
+    return {"epoch": epoch, "position": position, "index": index, "image": images, "crop": crop}
 
 
 def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str, seed: int, anomaly_prob: float,
                     rotate_prob: float) -> dict[str, np.ndarray]:
+    from dataclasses import replace
+
     from defectray.synthesis import synthesize_batch
 
     src = _cached_get(sources)
     images = batch["image"]
+    size = images.shape[1]
     damaged, clean = np.empty_like(images), np.empty_like(images)
     masks = np.zeros(images.shape[:3], np.float32)
+    roi = src.foreground if isinstance(src.foreground, np.ndarray) else None
     # One RNG per row, seeded by (seed, epoch, position): the draw does not depend on how rows fall into blocks.
     for i, (e, p) in enumerate(zip(batch["epoch"].tolist(), batch["position"].tolist())):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, e, p]))
-        d, c, m = synthesize_batch(images[i : i + 1], method, rng, src, anomaly_prob, rotate_prob)
+        row_src = src
+        if roi is not None:  # the region of interest under this row's training view
+            y, x = (int(v) for v in batch["crop"][i])
+            row_src = replace(src, foreground=roi[y:y + size, x:x + size])
+        d, c, m = synthesize_batch(images[i : i + 1], method, rng, row_src, anomaly_prob, rotate_prob)
         damaged[i], clean[i], masks[i] = d[0], c[0], m[0]
     return {"epoch": batch["epoch"], "position": batch["position"], "index": batch["index"],
             "damaged": damaged, "clean": clean, "mask": masks}
@@ -244,8 +262,8 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / rows_per_block)))
     ds = ds.map_batches(
         read_stage, batch_size=config.batch_size,
-        fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, size=config.image_size,
-                       channels=config.channels, resume=resume),
+        fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, config=config.to_dict(),
+                       resume=resume),
     )
     ds = ds.map_batches(
         synthesis_stage, batch_size=config.batch_size,
@@ -433,7 +451,7 @@ def _train_loop(loop: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_obj = None
         if rank == 0:
-            held = _load_many(loop["held_out"], config.image_size, config.channels) if loop["held_out"] else []
+            held = _load_many(loop["held_out"], config) if loop["held_out"] else []
             calibration = calibrate(step.net, config, held) if held else None
             final["model_id"] = save_model(loop["model_uri"], step.net, config, calibration)
             if calibration:

@@ -97,16 +97,18 @@ def test_predict_any_sizes_and_stages_agree(tmp_path):
     for img, m in zip(imgs, maps):
         assert m.shape == img.shape[:2] and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
     batch = det.preprocess(imgs)
-    assert batch.shape == (len(imgs), 1, 32, 32) and batch.dtype == np.float32
-    assert 0 <= batch.min() and batch.max() <= 1
+    # "tiles": the short side becomes image_size, the aspect ratio stays
+    assert [b.shape[1:] for b in batch] == [(32, 32), (32, 50), (49, 32), (32, 41), (40, 32), (32, 32)]
+    assert all(b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1 for b in batch)
     raw = det.infer(batch)
+    assert [r.shape for r in raw] == [b.shape[1:] for b in batch]
     s2, m2 = det.postprocess(raw, [i.shape[:2] for i in imgs])
     np.testing.assert_array_equal(s2, scores)  # the pipeline's split stages give exactly predict()'s output
     for a, b in zip(m2, maps):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(scores, image_scores(raw, filter_size_for(cfg)))
+    np.testing.assert_array_equal(scores, [image_scores(r, filter_size_for(cfg))[0] for r in raw])
     # full [0, 1] range: a white 32x32 image reaches the model as 1.0, not ImageNet-normalised
-    white = det.preprocess([np.full((32, 32), 255, np.uint8)])
+    white = det.preprocess([np.full((32, 32), 255, np.uint8)])[0]
     assert white.max() == 1.0 and white.min() == 1.0
     np.testing.assert_array_equal(det.preprocess([imgs[0]])[0], images_to_tensor(imgs[0][None]).numpy()[0])
     assert det.predict([]) == (pytest.approx(np.zeros(0)), [])
@@ -154,3 +156,46 @@ def test_calibrate_and_save_with_calibration(tmp_path):
     assert det.threshold == cal["threshold"]
     np.testing.assert_allclose(calibrate(det, cfg, normals)["normal_scores"], cal["normal_scores"], atol=1e-5)
     assert model_id_of(cfg, _inference_state(model)) == det.model_id
+
+
+def test_wide_images_are_tiled_not_stretched(tmp_path):
+    """A 32 x 100 image at image_size 32 is four overlapping 32 x 32 tiles at full scale: its map is the
+    stitched tile maps (mean where they overlap), not one squeezed square."""
+    from defectray.models.scoring import anomaly_maps
+    from defectray.models.tiling import stitch, tile_windows
+
+    cfg = tiny_config()
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, trained_ish(cfg), cfg)
+    det = load_model(path)
+    img = np.random.default_rng(2).integers(0, 256, (32, 100), dtype=np.uint8)
+    (x,) = det.preprocess([img])
+    assert x.shape == (1, 32, 100)
+    windows = tile_windows(32, 100, 32)
+    assert windows == [(0, 0), (0, 23), (0, 45), (0, 68)]
+    tiles = torch.from_numpy(np.stack([x[:, y:y + 32, c:c + 32] for y, c in windows]))
+    expected = stitch(anomaly_maps(det.model, tiles).numpy(), windows, 32, 100)
+    (got,) = det.infer([x])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    stretched = load_model(path)
+    stretched.config = stretched.config.replace(fit="stretch")
+    assert stretched.preprocess([img])[0].shape == (1, 32, 32)
+
+
+def test_model_files_from_before_the_fit_field_stay_stretched(tmp_path):
+    import json as _json
+    import struct
+
+    cfg = tiny_config(fit="stretch")
+    path = tmp_path / "m.safetensors"
+    save_model(str(path), trained_ish(cfg), cfg)
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = _json.loads(data[8:8 + n])
+    stored = _json.loads(header["__metadata__"]["config"])
+    del stored["fit"]
+    header["__metadata__"]["config"] = _json.dumps(stored)
+    head = _json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    assert load_model(str(path)).config.fit == "stretch"

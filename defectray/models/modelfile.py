@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from defectray.config import Config
-from defectray.io import convert_channels, read_bytes, write_bytes
+from defectray.io import read_bytes, write_bytes
 from defectray.models import DefectModel, build_model
 from defectray.models.scoring import filter_size_for, image_scores
+from defectray.models.tiling import fit_image, stitch, tile_windows
 
 FORMAT = "defectray-model"
 FORMAT_VERSION = "1"
+TILE_BATCH = 64  # tiles per forward pass at inference
 
 
 class NotADefectrayModelError(ValueError):
@@ -94,7 +96,9 @@ def load_model(uri: str, device: str = "cpu") -> "Detector":
 
     data = read_bytes(uri)
     metadata = _read_metadata(data, uri)
-    config = Config.from_json(metadata["config"])
+    stored = json.loads(metadata["config"])
+    stored.setdefault("fit", "stretch")  # files written before the "fit" field were trained stretched
+    config = Config.from_dict(stored)
     model = build_model(config, feature_extractor=False)
     model.load_state_dict(load(data), strict=True)
     model_id = metadata["model_id"]
@@ -131,12 +135,14 @@ class Detector:
         self.model.to(self.device, memory_format=torch.channels_last)
         return self
 
-    def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 (H, W) / (H, W, 1) / (H, W, 3) images of any size -> float32 (B, C, S, S) in [0, 1].
+    def preprocess(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 (H, W) / (H, W, 1) / (H, W, 3) images of any size -> float32 (C, H', W') in [0, 1], resized by
+        the config's ``fit`` rule (defectray.models.tiling): short side ``image_size`` for "tiles", an
+        ``image_size`` square for "stretch".
 
         Reads only ``self.config``: the scoring pipeline calls it unbound on CPU workers that hold no weights."""
         s, c = self.config.image_size, self.config.channels
-        out = np.empty((len(images), c, s, s), np.float32)
+        out = []
         for i, img in enumerate(images):
             img = np.asarray(img)
             if img.dtype != np.uint8:
@@ -145,30 +151,41 @@ class Detector:
                 img = img[:, :, 0]
             if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
                 raise ValueError(f"image {i}: expected (H, W) or (H, W, 3), got shape {img.shape}")
-            img = convert_channels(img, c)
-            h, w = img.shape[:2]
-            interp = cv2.INTER_AREA if h > s and w > s else cv2.INTER_LINEAR
-            img = cv2.resize(img, (s, s), interpolation=interp)
-            img = img.reshape(s, s, -1).transpose(2, 0, 1)
-            out[i] = img.astype(np.float32) / 255.0
+            fitted = fit_image(img, s, c, self.config.fit)
+            fitted = fitted.reshape(*fitted.shape[:2], -1).transpose(2, 0, 1)
+            out.append(fitted.astype(np.float32) / 255.0)
         return out
 
     @torch.no_grad()
-    def infer(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(B, S, S) float32 defect probability maps at model resolution."""
+    def infer(self, batch) -> list[np.ndarray]:
+        """Preprocessed (C, H', W') images (a list, or one (B, C, H', W') array) -> (H', W') float32 defect
+        probability maps: each image cut into ``image_size`` tiles, all tiles run in batches, maps stitched."""
         from defectray.models.scoring import anomaly_maps
 
-        t = torch.as_tensor(batch, dtype=torch.float32)
-        return anomaly_maps(self.model, t).cpu().numpy().astype(np.float32)
+        s = self.config.image_size
+        images = [np.asarray(x, np.float32) for x in batch]
+        tiles, owners = [], []
+        for k, x in enumerate(images):
+            windows = tile_windows(x.shape[1], x.shape[2], s)
+            tiles.extend(x[:, y:y + s, xx:xx + s] for y, xx in windows)
+            owners.append(windows)
+        if not tiles:
+            return []
+        maps = np.concatenate([anomaly_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])))
+                               .cpu().numpy() for i in range(0, len(tiles), TILE_BATCH)]).astype(np.float32)
+        out, at = [], 0
+        for x, windows in zip(images, owners):
+            out.append(stitch(maps[at:at + len(windows)], windows, x.shape[1], x.shape[2]))
+            at += len(windows)
+        return out
 
-    def postprocess(self, maps: np.ndarray, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Image scores from the model-resolution maps; each map resized to its image's (h, w)."""
-        maps = np.asarray(maps, np.float32)
+    def postprocess(self, maps, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Image scores from the fitted-resolution maps; each map resized to its image's (h, w)."""
         if len(maps) != len(sizes):
             raise ValueError(f"{len(maps)} maps but {len(sizes)} sizes")
-        scores = image_scores(maps, self.filter_size)
-        resized = [np.clip(cv2.resize(m, (int(w), int(h)), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-                   .astype(np.float32) for m, (h, w) in zip(maps, sizes)]
+        scores = np.array([image_scores(m, self.filter_size)[0] for m in maps], np.float32)
+        resized = [np.clip(cv2.resize(np.asarray(m, np.float32), (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
+                           0.0, 1.0).astype(np.float32) for m, (h, w) in zip(maps, sizes)]
         return scores, resized
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
