@@ -3,8 +3,9 @@
 Why: training consumes slower than synthesis produces (always on CPU, often on GPU), so Ray Data's streaming
 executor (in the SplitCoordinator actor that feeds Ray Train) keeps finding task output that is ready but held
 back by backpressure, and its loop then never blocks: it measured 0.6-0.9 of a core on a 2-core box, taken from
-the trainer (BENCHMARKS.md, "Training pipeline"). Capping the loop at ~50 steps/s costs the stream nothing
-measurable: one step moves whole blocks, each many batches.
+the trainer (BENCHMARKS.md, "Training pipeline"). So a step that changed nothing is followed by a short sleep;
+steps that launch tasks or move outputs are not slowed (a blanket sleep stalled start-up: the read operator
+launches one task per step).
 
 Uses Ray Data's execution-callback hook (``DataContext.custom_execution_callback_classes``); the callback base
 class lives in an internal module, so if a Ray release moves it the pipeline runs unpaced rather than failing.
@@ -22,19 +23,30 @@ except ImportError:  # pragma: no cover - depends on the Ray release
 SCHEDULING_STEP_S = 0.05
 
 
+def _progress(executor) -> tuple | None:
+    """Counters that move whenever a scheduling step did something (a task launched, an output produced or
+    handed on); None if this Ray release does not expose them."""
+    try:
+        return tuple((m.num_tasks_submitted, m.num_task_outputs_generated, m.num_outputs_taken)
+                     for m in (op.metrics for op in executor._topology))
+    except Exception:
+        return None
+
+
 if ExecutionCallback is not None:
 
     class PacedSchedulingLoop(ExecutionCallback):
-        """Sleeps out the rest of ``SCHEDULING_STEP_S`` after each scheduling step."""
+        """Sleeps ``SCHEDULING_STEP_S`` after a scheduling step that changed nothing. Steps that launch tasks
+        or move outputs run back to back: start-up dispatches hundreds of read tasks, one per step."""
 
         def __init__(self) -> None:
-            self._last = 0.0
+            self._last: tuple | None = None
 
         def on_execution_step(self, executor) -> None:
-            wait = self._last + SCHEDULING_STEP_S - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            self._last = time.monotonic()
+            now = _progress(executor)
+            if now is None or now == self._last:
+                time.sleep(SCHEDULING_STEP_S)
+            self._last = now
 
 
 def pace_scheduling_loop(dataset) -> bool:
