@@ -295,3 +295,69 @@ def test_train_step_accepts_a_wrapped_model():
     assert all(not k.startswith("module.") for k in step.state_dict()["model"])
     plain = TrainStep(cfg)
     plain.load_state_dict(step.state_dict())  # a checkpoint of a wrapped model loads into an unwrapped one
+
+
+# --- tiling (fit="tiles") -------------------------------------------------------------------------------------
+
+def test_fit_keeps_the_aspect_ratio_and_tiles_cover_the_image():
+    from defectray.models.tiling import fit_image, fitted_size, stitch, tile_offsets, tile_windows
+
+    assert fitted_size(150, 600, 128, "tiles") == (128, 512)
+    assert fitted_size(600, 250, 128, "tiles") == (307, 128)
+    assert fitted_size(150, 600, 128, "stretch") == (128, 128)
+    with pytest.raises(ValueError, match="fit"):
+        fitted_size(10, 10, 8, "crop")
+    assert fit_image(np.zeros((150, 600, 3), np.uint8), 128, 1, "tiles").shape == (128, 512)
+    for length in (128, 129, 200, 256, 300, 512, 1000):
+        offsets = tile_offsets(length, 128)
+        covered = np.zeros(length, int)
+        for o in offsets:
+            covered[o:o + 128] += 1
+        assert offsets[0] == 0 and offsets[-1] == length - 128 and covered.min() >= 1
+        assert len(offsets) == -(-length // 128)  # as few tiles as cover it
+    windows = tile_windows(128, 300, 128)
+    maps = np.stack([np.full((128, 128), v, np.float32) for v in (0.0, 1.0, 2.0)])
+    stitched = stitch(maps, windows, 128, 300)
+    assert stitched.shape == (128, 300)
+    assert stitched[0, 0] == 0.0 and stitched[0, -1] == 2.0
+    assert stitched[0, windows[1][1]] == 0.5  # overlap of tiles 0 and 1: their mean
+
+
+def test_training_views_are_random_crops_at_inference_scale():
+    from defectray.train import training_view
+
+    fitted = np.arange(128 * 300, dtype=np.int64).reshape(128, 300)
+    rng = np.random.default_rng(0)
+    xs = set()
+    for _ in range(20):
+        view, y, x = training_view(fitted, 128, rng)
+        assert view.shape == (128, 128) and y == 0 and np.array_equal(view, fitted[:, x:x + 128])
+        xs.add(x)
+    assert len(xs) > 10  # the whole width is sampled, not one fixed square
+
+
+# --- Ray Data pacing (defectray/pacing.py; the callback needs no running Ray) ---------------------------------
+
+def test_scheduling_loop_sleeps_only_after_a_step_that_changed_nothing(monkeypatch):
+    import types
+
+    from defectray import pacing
+
+    if pacing.ExecutionCallback is None:
+        pytest.skip("this Ray release has no execution callbacks")
+    slept = []
+    monkeypatch.setattr(pacing.time, "sleep", lambda s: slept.append(s))
+    metrics = types.SimpleNamespace(num_tasks_submitted=0, num_task_outputs_generated=0, num_outputs_taken=0)
+    executor = types.SimpleNamespace(_topology=[types.SimpleNamespace(metrics=metrics)])  # iterated like the dict
+    loop = pacing.PacedSchedulingLoop()
+    loop.on_execution_step(executor)  # first step: nothing to compare with, counts as progress
+    metrics.num_tasks_submitted += 1
+    loop.on_execution_step(executor)  # launched a task: no sleep
+    assert slept == []
+    loop.on_execution_step(executor)  # nothing changed: sleep
+    assert slept == [pacing.SCHEDULING_STEP_S]
+    metrics.num_outputs_taken += 1
+    loop.on_execution_step(executor)
+    assert slept == [pacing.SCHEDULING_STEP_S]
+    loop.on_execution_step(types.SimpleNamespace())  # counters unavailable: always paced
+    assert len(slept) == 2

@@ -42,6 +42,23 @@ def test_holdout_is_seeded_disjoint_and_complete():
     assert split_holdout(paths[:5], 0.01, seed=0)[1] != []  # a positive fraction holds out at least one
 
 
+def test_a_region_of_interest_follows_each_training_view():
+    """With fit=tiles each training view is a crop of the fitted image, so a fixed-camera ROI must be cropped
+    with it: defects land only where the ROI allows, in view coordinates."""
+    from defectray.synthesis import SynthesisSources
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 200, (4, 32, 32), dtype=np.uint8)
+    roi = np.zeros((32, 64), bool)
+    roi[:, :32] = True  # the left half of the fitted frame
+    sources = SynthesisSources(normal_images=list(images), foreground=roi)
+    batch = {"epoch": np.zeros(4, int), "position": np.arange(4), "index": np.arange(4), "image": images,
+             "crop": np.array([[0, 0], [0, 16], [0, 0], [0, 16]], np.int32)}
+    out = synthesis_stage(batch, sources=[sources], method="realistic", seed=1, anomaly_prob=1.0, rotate_prob=0.0)
+    for i in (1, 3):  # views starting at x=16: only their left 16 columns are inside the ROI
+        assert out["mask"][i].sum() > 0 and out["mask"][i][:, 16:].sum() == 0
+
+
 def test_epoch_order_is_a_fresh_seeded_permutation():
     a0, a1 = epoch_order(0, 0, 50), epoch_order(0, 1, 50)
     assert sorted(a0.tolist()) == list(range(50))
