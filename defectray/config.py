@@ -20,6 +20,7 @@ class Config:
     # "tiles": keep the aspect ratio (short side -> image_size, square tiles along the long side);
     # "stretch": squeeze the image into one square (DRAEM). defectray/models/tiling.py says why tiles.
     fit: str = "tiles"
+    auto_levels: bool = False  # stretch each image's 1-99 % grey-level quantiles to 0..255 (tiling.stretch_levels)
     channels: int = 3  # 1 = grayscale model, 3 = RGB model; inputs are converted to this
     val_fraction: float = 0.1  # normal training images held out for calibration (and validation)
 

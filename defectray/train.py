@@ -107,7 +107,7 @@ def load_fitted(path: str, config: Config) -> np.ndarray:
     """A training image resized by the config's ``fit`` rule (the same code as Detector.preprocess, so training
     and inference see identically resampled pixels): short side ``image_size`` for "tiles"."""
     try:
-        return fit_image(io.load_image(path), config.image_size, config.channels, config.fit)
+        return fit_image(io.load_image(path), config.image_size, config.channels, config.fit, config.auto_levels)
     except ValueError as e:
         raise BadTrainingImage(f"{path}: {e}") from None
 

@@ -361,3 +361,21 @@ def test_scheduling_loop_sleeps_only_after_a_step_that_changed_nothing(monkeypat
     assert slept == [pacing.SCHEDULING_STEP_S]
     loop.on_execution_step(types.SimpleNamespace())  # counters unavailable: always paced
     assert len(slept) == 2
+
+
+def test_auto_levels_stretch_contrast_but_leave_flat_images_alone():
+    from defectray.models.tiling import fit_image, stretch_levels
+
+    rng = np.random.default_rng(0)
+    dark = rng.integers(40, 90, (64, 64), dtype=np.uint8)  # a dim, low-contrast exposure
+    out = stretch_levels(dark)
+    assert np.quantile(out, 0.005) == 0 and np.quantile(out, 0.995) == 255
+    assert np.all(np.diff(out[np.argsort(dark, axis=None) // 64, np.argsort(dark, axis=None) % 64]
+                          .astype(int)) >= 0)  # monotone: the order of grey levels is kept
+    flat = np.full((32, 32), 120, np.uint8)
+    flat[0, 0] = 125
+    assert np.array_equal(stretch_levels(flat), flat)
+    rgb = rng.integers(40, 90, (16, 16, 3), dtype=np.uint8)
+    assert stretch_levels(rgb).shape == rgb.shape
+    assert np.array_equal(fit_image(dark, 64, 1, "tiles", auto_levels=True), out)
+    assert np.array_equal(fit_image(dark, 64, 1, "tiles"), dark)

@@ -151,7 +151,7 @@ class Detector:
                 img = img[:, :, 0]
             if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
                 raise ValueError(f"image {i}: expected (H, W) or (H, W, 3), got shape {img.shape}")
-            fitted = fit_image(img, s, c, self.config.fit)
+            fitted = fit_image(img, s, c, self.config.fit, self.config.auto_levels)
             fitted = fitted.reshape(*fitted.shape[:2], -1).transpose(2, 0, 1)
             out.append(fitted.astype(np.float32) / 255.0)
         return out
