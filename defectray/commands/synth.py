@@ -2,7 +2,8 @@
 
 Paints N synthetic defects onto normal images with a synthesis method and writes each as 00000.png plus
 00000_mask.png (0/255, never empty), and grid.png: a sheet of clean image, damaged image, mask and overlay
-per sample (the first 16), to judge the method at a glance. Images are resized to SIZE×SIZE as training does.
+per sample (the first 16), to judge the method at a glance. With --size, each image is seen as training sees
+it: short side resized to SIZE (aspect kept), then a SIZE×SIZE square (the centre one here).
 Defect appearance comes from other normal images of --images (never test images), plus --textures and
 --defects banks where given.
 """
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (local or URI)")
     parser.add_argument("--count", type=int, default=16, help="number of samples (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--size", type=int, default=256, help="resize images to SIZE×SIZE (default: 256; 0 keeps their size)")
+    parser.add_argument("--size", type=int, default=256, help="short side to SIZE, then the centre SIZE×SIZE square, as a training view "
+                        "(default: 256; 0 keeps their size)")
     parser.add_argument("--textures", help="folder/URI of texture images (optional)")
     parser.add_argument("--defects", help="folder/URI of real defect crops for `realistic` (optional)")
     parser.add_argument("--foreground", default="otsu",
@@ -52,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 0:
         raise CommandError("--size must be 0 (keep) or a positive number of pixels")
 
-    import cv2
     import numpy as np
 
     from defectray import io
+    from defectray.models.tiling import center_crop, fit_image
     from defectray.synthesis import SynthesisSources, get_synthesizer, load_bank
     from defectray.synthesis.preview import preview_sheet
 
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 raise CommandError(f"cannot read {paths[i]}: {e}") from None
             channels[0] = channels[0] or (1 if image.ndim == 2 else 3)
             if args.size:
-                image = cv2.resize(image, (args.size, args.size), interpolation=cv2.INTER_AREA)
+                fitted = fit_image(image, args.size, 1 if image.ndim == 2 else 3, "tiles")
+                image = center_crop(fitted, args.size)
             cache[i] = image
         return cache[i]
 
