@@ -75,14 +75,6 @@ def tile_windows(h: int, w: int, size: int) -> list[tuple[int, int]]:
     return [(y, x) for y in tile_offsets(h, size) for x in tile_offsets(w, size)]
 
 
-def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly placed ``size`` square of a fitted image (the training view of "tiles")."""
-    h, w = img.shape[:2]
-    y = int(rng.integers(h - size + 1))
-    x = int(rng.integers(w - size + 1))
-    return img[y:y + size, x:x + size]
-
-
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     y, x = (h - size) // 2, (w - size) // 2
