@@ -191,11 +191,10 @@ class ResumePoint:
         return self.epoch
 
 
-def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int, seed: int, config: dict,
+def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int, seed: int, config: Config,
                resume=None) -> dict[str, np.ndarray]:
     import ray
 
-    cfg = Config.from_dict(config)
     ids = np.asarray(batch["id"], np.int64)
     epoch, position = ids // rows_per_epoch, ids % rows_per_epoch
     if resume is not None:
@@ -209,14 +208,14 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
         if e not in orders:
             orders[e] = epoch_order(seed, e, n)
         index[i] = orders[e][p % n]
-    size = cfg.image_size
-    shape = (size, size) if cfg.channels == 1 else (size, size, cfg.channels)
+    size = config.image_size
+    shape = (size, size) if config.channels == 1 else (size, size, config.channels)
     images = np.empty((len(index), *shape), np.uint8)
     crop = np.zeros((len(index), 2), np.int32)
     for i, (k, e, p) in enumerate(zip(index.tolist(), epoch.tolist(), position.tolist())):
         # The view is seeded by (seed, epoch, position), like the defect: independent of block layout.
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2, e, p]))
-        images[i], crop[i, 0], crop[i, 1] = training_view(load_fitted(all_paths[k], cfg), size, rng)
+        images[i], crop[i, 0], crop[i, 1] = training_view(load_fitted(all_paths[k], config), size, rng)
     return {"epoch": epoch, "position": position, "index": index, "image": images, "crop": crop}
 
 
@@ -262,7 +261,7 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / rows_per_block)))
     ds = ds.map_batches(
         read_stage, batch_size=config.batch_size,
-        fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, config=config.to_dict(),
+        fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, config=config,
                        resume=resume),
     )
     ds = ds.map_batches(
