@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -202,6 +204,52 @@ def test_realistic_makes_thin_cracks_and_compact_defects_not_only_blobs():
         if m.sum() >= 30 and eroded.sum() < 0.1 * m.sum():
             thin += 1
     assert thin >= 8
+
+
+def streaked_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A ground surface: vertical grinding marks (column noise smeared along y) over mild shading."""
+    marks = cv2.GaussianBlur(rng.normal(0, 25, (h, w)).astype(np.float32), (0, 0), sigmaX=0.8, sigmaY=12)
+    return np.clip(110 + marks, 0, 255).astype(np.uint8)
+
+
+def test_texture_direction_finds_the_grain_or_none():
+    from defectray.synthesis.realistic import texture_direction
+
+    rng = np.random.default_rng(61)
+    vertical = texture_direction(streaked_image(rng, 128, 160))
+    assert vertical is not None and abs(math.sin(vertical)) > 0.98
+    horizontal = texture_direction(streaked_image(rng, 160, 128).T.copy())
+    assert horizontal is not None and abs(math.cos(horizontal)) > 0.98
+    assert texture_direction(tile_image(rng, 128, 128)) is None  # isotropic grain
+
+
+def test_realistic_cracks_often_follow_the_grain_faintly(monkeypatch):
+    """On a streaked surface many cracks run along the marks (a crack across them is the easy case) and
+    those are fainter than the cavity-dark ones; on an isotropic surface headings stay uniform."""
+    from defectray.synthesis import realistic as realistic_module
+
+    monkeypatch.setattr(realistic_module, "SHAPE_PROBS", (0.0, 1.0, 0.0, 0.0))
+    rng = np.random.default_rng(62)
+
+    def vertical_share(make):
+        image = make(rng, 128, 128)
+        sources = SynthesisSources(normal_images=[make(rng, 128, 128)])
+        near_vertical, changes = 0, []
+        for _ in range(60):
+            damaged, mask = get_synthesizer("realistic")(image, rng, sources)
+            ys, xs = np.nonzero(mask)
+            changes.append(np.abs(damaged[mask > 0].astype(float) - image[mask > 0]).mean())
+            if len(ys) < 8:
+                continue
+            _, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(float)))
+            near_vertical += abs(vectors[1, 1]) > math.cos(math.radians(15))  # principal axis within 15 deg
+        return near_vertical / 60, np.array(changes)
+
+    streaked, streaked_changes = vertical_share(streaked_image)
+    isotropic, isotropic_changes = vertical_share(tile_image)
+    assert streaked >= 0.45 and isotropic <= 0.35, (streaked, isotropic)
+    assert np.median(streaked_changes) < np.median(isotropic_changes)
+    assert (streaked_changes >= realistic_module.MIN_VISIBLE / 2 - 0.5).all()  # faint, never invisible
 
 
 @pytest.mark.parametrize("method", ["realistic", "memseg", "nsa"])

@@ -36,17 +36,71 @@ MIN_VISIBLE = 12.0  # mean absolute change (grey levels) inside the mask; twice 
 MIN_AREA = 0.001  # of the frame: 65 px at 256 x 256, a thin crack of 30 px length
 
 
-def crack_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndarray) -> np.ndarray:
-    """A thin jagged line (random walk with small turns), sometimes with a branch."""
+def texture_direction(image: np.ndarray) -> float | None:
+    """The direction (radians, image x/y axes) the surface's texture runs along, from the structure tensor;
+    None when the texture has no dominant direction (coherence below 0.2: sand, gravel, flat paint)."""
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    g = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
+    gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    jxx, jyy, jxy = float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean())
+    coherence = math.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-9)
+    if coherence < 0.2:
+        return None
+    return 0.5 * math.atan2(2 * jxy, jxx - jyy) + math.pi / 2  # gradients run across the grain
+
+
+def edge_start(allowed: np.ndarray, along: float, rng: np.random.Generator) -> np.ndarray | None:
+    """A point on the foreground's edge where a crack along ``along`` would run into the part (one step
+    along it leaves the part, one step back stays in), so it does not trace the edge itself; None if none."""
+    h, w = allowed.shape
+    a = allowed.astype(np.uint8)
+    edge = a - cv2.erode(a, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    ys, xs = np.nonzero(edge)
+    if len(ys) == 0:
+        return None
+    d = 3.0 * np.array([math.cos(along), math.sin(along)])
+
+    def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        xi, yi = np.round(x).astype(int), np.round(y).astype(int)
+        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        out = np.zeros(len(x), bool)
+        out[ok] = allowed[yi[ok], xi[ok]]
+        return out
+
+    ahead, behind = inside(xs + d[0], ys + d[1]), inside(xs - d[0], ys - d[1])
+    good = np.nonzero(ahead != behind)[0]
+    if len(good) == 0:
+        return None
+    i = int(good[int(rng.integers(len(good)))])
+    return np.array([xs[i], ys[i]], np.float64)
+
+
+def crack_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndarray,
+               along: float | None = None) -> np.ndarray:
+    """A thin jagged line (random walk with small turns), sometimes with a branch.
+
+    With ``along`` (the texture direction) the crack follows the grain, nearly straight, and often runs in
+    from the foreground's edge: cracks in ground or rolled parts open along the machining marks, and there
+    they are hardest to tell from the marks themselves, so the detector must see them."""
     h, w = shape
     unit = min(h, w) / 256
     mask = np.zeros((h, w), np.uint8)
     ys, xs = np.nonzero(allowed)
-    i = int(rng.integers(len(ys)))
-    start = np.array([xs[i], ys[i]], np.float64)
+    start = None
+    if along is not None and rng.random() < 0.4:
+        start = edge_start(allowed, along, rng)
+    if start is None:
+        i = int(rng.integers(len(ys)))
+        start = np.array([xs[i], ys[i]], np.float64)
     length = rng.uniform(0.15, 0.7) * min(h, w) + 4
     thickness = max(1, int(round(rng.uniform(1.0, 3.5) * unit)))
-    heading = rng.uniform(0, 2 * math.pi)
+    if along is None:
+        heading, drift, jitter = rng.uniform(0, 2 * math.pi), 0.12, 0.45
+    else:
+        heading, drift, jitter = along + rng.normal(0, 0.08) + math.pi * int(rng.random() < 0.5), 0.04, 0.2
+        x, y = np.round(start + 3.0 * np.array([math.cos(heading), math.sin(heading)])).astype(int)
+        if not (0 <= x < w and 0 <= y < h and allowed[y, x]):
+            heading += math.pi  # from an edge start, into the part
     points = [start]
     for branch in range(1 + int(rng.random() < 0.3)):
         # A slowly drifting course with independent jitter per step: jagged but going somewhere, as a
@@ -57,8 +111,8 @@ def crack_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.nda
         course = heading if branch == 0 else heading + rng.choice([-1, 1]) * rng.uniform(0.7, 1.4)
         points = [point]
         for _ in range(steps):
-            course += rng.normal(0, 0.12)
-            direction = course + rng.normal(0, 0.45)
+            course += rng.normal(0, drift)
+            direction = course + rng.normal(0, jitter)
             point = point + step * np.array([math.cos(direction), math.sin(direction)])
             points.append(point)
         cv2.polylines(mask, [np.round(np.array(points)).astype(np.int32)], False, 1, thickness, cv2.LINE_8)
@@ -99,12 +153,15 @@ def chip_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndar
     return mask.astype(bool)
 
 
-def defect_shape(kind: str, shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndarray) -> np.ndarray:
+def defect_shape(kind: str, shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndarray,
+                 along: float | None = None) -> np.ndarray:
     if kind == "blob":
         # Scales up to 2^4 periods: DRAEM's 2^5 turns a 256 px frame into a hundred specks, a pattern no
         # real surface defect has (the other shapes cover the small ones).
         return perlin_mask(shape, rng, max_scale_exp=5).astype(bool)
-    return {"crack": crack_mask, "pits": pits_mask, "chip": chip_mask}[kind](shape, rng, allowed)
+    if kind == "crack":
+        return crack_mask(shape, rng, allowed, along)
+    return {"pits": pits_mask, "chip": chip_mask}[kind](shape, rng, allowed)
 
 
 def appearance_source(
@@ -122,17 +179,18 @@ def appearance_source(
     return random_affine(source, image.shape[:2], rng, scale_range=(0.5, 2.0), max_angle=180, window=window)
 
 
-def enhance(values: np.ndarray, rng: np.random.Generator, polarity: float, surface: float) -> np.ndarray:
+def enhance(values: np.ndarray, rng: np.random.Generator, polarity: float, surface: float,
+            dark: tuple[float, float] = (0.2, 0.65)) -> np.ndarray:
     """Colour/brightness enhancement of uint8 pixel values ((N,) or (N, 3)): gamma and contrast, then
     the level moved relative to ``surface`` (the mean grey level the defect covers): ``polarity`` -1 to
-    20-65% of it (a shadowed cavity), +1 to 40-110 levels above it (a reflection), 0 to within ±50 of it.
-    float32 [0, 255]."""
+    ``dark`` (20-65%) of it (a shadowed cavity), +1 to 40-110 levels above it (a reflection), 0 to within
+    ±50 of it. float32 [0, 255]."""
     gamma_table = (255.0 * (np.arange(256, dtype=np.float32) / 255.0) ** rng.uniform(0.7, 1.4)).astype(np.float32)
     x = gamma_table[values]
     mean = float(x.mean())
     x = (x - mean) * np.float32(rng.uniform(0.5, 1.5))
     if polarity < 0:
-        level = surface * rng.uniform(0.2, 0.65)
+        level = surface * rng.uniform(*dark)
     elif polarity > 0:
         level = surface + rng.uniform(40, 110)
     else:
@@ -148,20 +206,26 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
     h, w = image.shape[:2]
     foreground = foreground_mask(image, sources.foreground)
     kind = SHAPES[int(rng.choice(len(SHAPES), p=SHAPE_PROBS))]
+    along = texture_direction(image) if kind == "crack" and rng.random() < 0.5 else None
     # A few pixels cut off by the frame or the foreground are a label nobody could see: redraw those.
     min_area = max(1.0, MIN_AREA * h * w)
     mask = np.zeros((h, w), bool)
     for _ in range(4):
-        candidate = defect_shape(kind, (h, w), rng, foreground) & foreground
+        candidate = defect_shape(kind, (h, w), rng, foreground, along) & foreground
         if candidate.sum() > mask.sum():
             mask = candidate
         if mask.sum() >= min_area:
             break
     mask = ensure_nonempty(mask, rng, foreground).astype(np.float32)
 
+    dark = (0.2, 0.65)
     if kind == "blob":
         polarity = 0.0
         strength = rng.uniform(0.3, 1.0)  # the paper's random linear interpolation
+    elif along is not None:
+        # A crack along the grain is a hairline a little darker than the marks beside it (real ones on
+        # ground ferrite: 10-30% below the surface), not the deep shadow of a cavity.
+        polarity, strength, dark = -1.0, rng.uniform(0.8, 1.0), (0.65, 0.9)
     else:
         polarity = -1.0 if rng.random() < 0.75 else 1.0
         strength = rng.uniform(0.6, 1.0)  # thin and small defects must stay visible
@@ -172,14 +236,16 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
     surface = float(original.mean())
     if polarity > 0 and surface > 200:
         polarity = -1.0  # no room to brighten a near-white surface
-    values = enhance(appearance_source(image, rng, sources, window)[inside_window], rng, polarity, surface)
+    values = enhance(appearance_source(image, rng, sources, window)[inside_window], rng, polarity, surface, dark)
 
     def paint(values: np.ndarray) -> np.ndarray:
         return np.clip(original + np.float32(strength) * (values - original) + 0.5, 0, 255).astype(np.uint8)
 
     painted = paint(values)
     change = painted.astype(np.float32) - original
-    min_visible = MIN_VISIBLE if kind == "blob" else 2 * MIN_VISIBLE  # thin/small: needs more contrast
+    # Thin/small shapes need more contrast to be seen, except the faint grain cracks, whose point is being faint.
+    min_visible = {"blob": MIN_VISIBLE, "crack": MIN_VISIBLE / 2 if along is not None else 2 * MIN_VISIBLE}.get(
+        kind, 2 * MIN_VISIBLE)
     mean_change = float(np.abs(change).mean())
     if mean_change < min_visible:
         direction = polarity or (1.0 if float(change.mean()) > 0 else -1.0)
