@@ -11,7 +11,10 @@ on blobs misses thin cracks (see the field notes: a blob-only probe scored chanc
 is one of four shapes: Perlin blob (the paper's, most often), a thin jagged crack, a few pits, or a chip
 cut into the part's edge. Cracks, pits and chips are mostly darker than the surface (shadowed cavities),
 sometimes brighter (reflections); blobs change brightness either way, so the network learns "surface
-content that does not belong" rather than "dark means defect".
+content that does not belong" rather than "dark means defect". On a surface with a grain (grinding or
+rolling marks: ``texture_direction``) half the cracks follow it, nearly straight, faint (10-35% darker)
+and often running in from the edge: real cracks open along the marks, and a detector that only ever saw
+cracks across them took the real ones for marks (magnetic tile, BENCHMARKS.md).
 
 Every sample is checked to be visible: if the blend changed the masked pixels by less than
 MIN_VISIBLE grey levels on average (a patch of a near-identical normal image), the source is pushed
