@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 DEFAULT_DATA = "/work/shared/datasets/magnetic-tile"
+SCORING_FIELDS = ("score_filter_size", "flip_average")  # may change on a trained model (--model)
 SECTION = "## Accuracy on magnetic-tile"
 TABLE_HEADER = ("| run | engine | config (vs profile) | steps | train min | img AUROC | pix AUROC | AUPRO | pix AP "
                 "| img AUROC per class | machine |")
@@ -88,7 +89,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     return uri, step.step
 
 
-def filter_sweep(model_uri: str, data: str, sizes: list[int]) -> dict:
+def filter_sweep(model_uri: str, data: str, sizes: list[int], flip_average: bool | None = None) -> dict:
     """Image AUROC (all and per class) at several score filter sizes (pixels at model resolution), from one
     inference pass: the filter only changes the image score, not the maps."""
     from sklearn.metrics import roc_auc_score
@@ -98,6 +99,8 @@ def filter_sweep(model_uri: str, data: str, sizes: list[int]) -> dict:
     from defectray.models.scoring import image_scores
 
     det = load_model(model_uri)
+    if flip_average is not None:
+        det.config = det.config.replace(flip_average=flip_average)
     items = mvtec_test_items(data)
     maps = []
     for i in range(0, len(items), 16):
@@ -147,7 +150,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device for --engine local (e.g. cuda)")
     ap.add_argument("--out", help="run folder (default runs/accuracy/<name>)")
     ap.add_argument("--name", help="row name (default: the overrides)")
-    ap.add_argument("--model", help="skip training: evaluate this model file")
+    ap.add_argument("--model", help="skip training: evaluate this model file (--set changes its scoring fields: "
+                    + ", ".join(SCORING_FIELDS) + ")")
     ap.add_argument("--filter-sizes", help="comma list: also report image AUROC at these score filter sizes")
     ap.add_argument("--score-filter-size", type=int, help="with --model: evaluate it with this score_filter_size "
                     "(256 px reference, as in the config) instead of the one stored in the model")
@@ -187,16 +191,20 @@ def main() -> None:
     train_min = (time.time() - t0) / 60
     model = model_uri
     if args.score_filter_size is not None:
+        overrides["score_filter_size"] = args.score_filter_size
+    scoring = {k: overrides[k] for k in SCORING_FIELDS if k in overrides}
+    if scoring:  # a model file given, or --score-filter-size after training
         from defectray.models.modelfile import load_model
         from defectray.models.scoring import filter_size_for
 
         model = load_model(model_uri)
-        model.config = model.config.replace(score_filter_size=args.score_filter_size)
+        model.config = model.config.replace(**scoring)
         model.filter_size = filter_size_for(model.config)
-        overrides["score_filter_size"] = args.score_filter_size
+    if args.model:
         train_min = 0.0
     metrics = evaluate(model, args.data, os.path.join(out, "eval"), progress=False)
-    sweep = filter_sweep(model_uri, args.data, [int(s) for s in args.filter_sizes.split(",")]) \
+    sweep = filter_sweep(model_uri, args.data, [int(s) for s in args.filter_sizes.split(",")],
+                         scoring.get("flip_average")) \
         if args.filter_sizes else None
     per_class = {k: v["image_auroc"] for k, v in metrics["per_class"].items()}
     summary = {"name": name, "engine": engine, "profile": args.profile, "overrides": overrides, "steps": steps,

@@ -65,6 +65,9 @@ class Config:
 
     # --- scoring --------------------------------------------------------------------------------
     score_filter_size: int = 21  # mean filter at 256 px; scaled with resolution
+    # average each tile's map over its 4 flips (x4 inference cost; a cheap ensemble that evens out the
+    # network's direction-dependent noise: BENCHMARKS.md, Accuracy)
+    flip_average: bool = False
 
     profile: str = "paper"
 

@@ -379,3 +379,16 @@ def test_auto_levels_stretch_contrast_but_leave_flat_images_alone():
     assert stretch_levels(rgb).shape == rgb.shape
     assert np.array_equal(fit_image(dark, 64, 1, "tiles", auto_levels=True), out)
     assert np.array_equal(fit_image(dark, 64, 1, "tiles"), dark)
+
+
+def test_flip_average_is_the_mean_of_the_flipped_maps_and_flip_equivariant():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(), feature_extractor=False).eval()
+    x = torch.rand(3, 1, 32, 32)
+    manual = (anomaly_maps(model, x) + anomaly_maps(model, x.flip(3)).flip(2)
+              + anomaly_maps(model, x.flip(2)).flip(1) + anomaly_maps(model, x.flip((2, 3))).flip((1, 2))) / 4
+    averaged = anomaly_maps(model, x, flip_average=True)
+    torch.testing.assert_close(averaged, manual)
+    assert not torch.allclose(averaged, anomaly_maps(model, x), atol=1e-4)  # the network is not symmetric
+    # The average over the flip group commutes with flipping the input; a single pass does not.
+    torch.testing.assert_close(anomaly_maps(model, x.flip(3), flip_average=True), averaged.flip(2))

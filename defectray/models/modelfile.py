@@ -171,7 +171,8 @@ class Detector:
             owners.append(windows)
         if not tiles:
             return []
-        maps = np.concatenate([anomaly_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])))
+        flips = self.config.flip_average
+        maps = np.concatenate([anomaly_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])), flips)
                                .cpu().numpy() for i in range(0, len(tiles), TILE_BATCH)]).astype(np.float32)
         out, at = [], 0
         for x, windows in zip(images, owners):

@@ -16,19 +16,28 @@ def filter_size_for(config: Config) -> int:
     return size if size % 2 == 1 else size + 1
 
 
+FLIPS = ((), (3,), (2,), (2, 3))  # identity, left-right, up-down, both: dims of a (B, C, H, W) batch
+
+
 @torch.no_grad()
-def anomaly_maps(model, batch: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) float32 defect probability; the model is put in eval mode. bf16 autocast on CUDA only;
-    channels_last everywhere (faster large-kernel depthwise convs on CPU too)."""
+def anomaly_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """(B, H, W) float32 defect probability; the model is put in eval mode. bf16 autocast on CUDA only;
+    channels_last everywhere (faster large-kernel depthwise convs on CPU too). ``flip_average``: the mean
+    of the maps of the 4 flipped batches, each flipped back (one flip at a time: memory as without)."""
     net = getattr(model, "module", model)
     net.eval()
     device = next(net.parameters()).device
     batch = batch.to(device, non_blocking=True)
     on_cuda = device.type == "cuda"
-    batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-        _, logits = net(batch)
-    return torch.softmax(logits.float(), dim=1)[:, 1]
+    total = None
+    for dims in FLIPS if flip_average else FLIPS[:1]:
+        x = (batch.flip(dims) if dims else batch).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            _, logits = net(x)
+        probability = torch.softmax(logits.float(), dim=1)[:, 1]
+        probability = probability.flip([d - 1 for d in dims]) if dims else probability
+        total = probability if total is None else total + probability
+    return total / (len(FLIPS) if flip_average else 1)
 
 
 def image_scores(maps: torch.Tensor | np.ndarray, filter_size: int) -> np.ndarray:
