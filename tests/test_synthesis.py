@@ -235,7 +235,7 @@ def test_realistic_cracks_often_follow_the_grain_faintly(monkeypatch):
         image = make(rng, 128, 128)
         sources = SynthesisSources(normal_images=[make(rng, 128, 128)])
         near_vertical, changes = 0, []
-        for _ in range(60):
+        for _ in range(120):
             damaged, mask = get_synthesizer("realistic")(image, rng, sources)
             ys, xs = np.nonzero(mask)
             changes.append(np.abs(damaged[mask > 0].astype(float) - image[mask > 0]).mean())
@@ -243,11 +243,11 @@ def test_realistic_cracks_often_follow_the_grain_faintly(monkeypatch):
                 continue
             _, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(float)))
             near_vertical += abs(vectors[1, 1]) > math.cos(math.radians(15))  # principal axis within 15 deg
-        return near_vertical / 60, np.array(changes)
+        return near_vertical / 120, np.array(changes)
 
     streaked, streaked_changes = vertical_share(streaked_image)
     isotropic, isotropic_changes = vertical_share(tile_image)
-    assert streaked >= 0.45 and isotropic <= 0.35, (streaked, isotropic)
+    assert streaked >= 0.4 and isotropic <= 0.3, (streaked, isotropic)
     assert np.median(streaked_changes) < np.median(isotropic_changes)
     assert (streaked_changes >= realistic_module.MIN_VISIBLE / 2 - 0.5).all()  # faint, never invisible
 
