@@ -29,15 +29,16 @@ def anomaly_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torc
     device = next(net.parameters()).device
     batch = batch.to(device, non_blocking=True)
     on_cuda = device.type == "cuda"
+    flips = FLIPS if flip_average else FLIPS[:1]
     total = None
-    for dims in FLIPS if flip_average else FLIPS[:1]:
+    for dims in flips:
         x = (batch.flip(dims) if dims else batch).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
             _, logits = net(x)
         probability = torch.softmax(logits.float(), dim=1)[:, 1]
         probability = probability.flip([d - 1 for d in dims]) if dims else probability
         total = probability if total is None else total + probability
-    return total / (len(FLIPS) if flip_average else 1)
+    return total / len(flips)
 
 
 def image_scores(maps: torch.Tensor | np.ndarray, filter_size: int) -> np.ndarray:

@@ -52,13 +52,17 @@ def texture_direction(image: np.ndarray) -> float | None:
     return 0.5 * math.atan2(2 * jxy, jxx - jyy) + math.pi / 2  # gradients run across the grain
 
 
+def edge_pixels(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the foreground's border pixels; the image border counts as border (outside is not part)."""
+    a = allowed.astype(np.uint8)
+    return np.nonzero(a - cv2.erode(a, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0))
+
+
 def edge_start(allowed: np.ndarray, along: float, rng: np.random.Generator) -> np.ndarray | None:
     """A point on the foreground's edge where a crack along ``along`` would run into the part (one step
     along it leaves the part, one step back stays in), so it does not trace the edge itself; None if none."""
     h, w = allowed.shape
-    a = allowed.astype(np.uint8)
-    edge = a - cv2.erode(a, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    ys, xs = np.nonzero(edge)
+    ys, xs = edge_pixels(allowed)
     if len(ys) == 0:
         return None
     d = 3.0 * np.array([math.cos(along), math.sin(along)])
@@ -143,9 +147,7 @@ def chip_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.ndar
     border when the foreground is the whole frame)."""
     h, w = shape
     unit = min(h, w) / 256
-    a = allowed.astype(np.uint8)
-    edge = a - cv2.erode(a, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    ys, xs = np.nonzero(edge)
+    ys, xs = edge_pixels(allowed)
     if len(ys) == 0:
         ys, xs = np.nonzero(allowed)
     i = int(rng.integers(len(ys)))
@@ -225,13 +227,16 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
     mask = ensure_nonempty(mask, rng, foreground).astype(np.float32)
 
     dark = (0.2, 0.65)
+    min_visible = 2 * MIN_VISIBLE  # thin/small shapes need more contrast to be seen
     if kind == "blob":
         polarity = 0.0
         strength = rng.uniform(0.3, 1.0)  # the paper's random linear interpolation
+        min_visible = MIN_VISIBLE
     elif along is not None:
         # A crack along the grain is a hairline a little darker than the marks beside it (real ones on
-        # ground ferrite: 10-30% below the surface), not the deep shadow of a cavity.
+        # ground ferrite: 10-30% below the surface), not the deep shadow of a cavity: faint is its point.
         polarity, strength, dark = -1.0, rng.uniform(0.8, 1.0), (0.65, 0.9)
+        min_visible = MIN_VISIBLE / 2
     else:
         polarity = -1.0 if rng.random() < 0.75 else 1.0
         strength = rng.uniform(0.6, 1.0)  # thin and small defects must stay visible
@@ -249,9 +254,6 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
 
     painted = paint(values)
     change = painted.astype(np.float32) - original
-    # Thin/small shapes need more contrast to be seen, except the faint grain cracks, whose point is being faint.
-    min_visible = {"blob": MIN_VISIBLE, "crack": MIN_VISIBLE / 2 if along is not None else 2 * MIN_VISIBLE}.get(
-        kind, 2 * MIN_VISIBLE)
     mean_change = float(np.abs(change).mean())
     if mean_change < min_visible:
         direction = polarity or (1.0 if float(change.mean()) > 0 else -1.0)
