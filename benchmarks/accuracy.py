@@ -89,9 +89,10 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     return uri, step.step
 
 
-def filter_sweep(model_uri: str, data: str, sizes: list[int], flip_average: bool | None = None) -> dict:
+def filter_sweep(model_uri: str, data: str, sizes: list[int], scoring: dict | None = None) -> dict:
     """Image AUROC (all and per class) at several score filter sizes (pixels at model resolution), from one
-    inference pass: the filter only changes the image score, not the maps."""
+    inference pass: the filter only changes the image score, not the maps. ``scoring``: config fields to
+    change on the loaded model (as in main)."""
     from sklearn.metrics import roc_auc_score
 
     from defectray.io import load_image, mvtec_test_items
@@ -99,8 +100,7 @@ def filter_sweep(model_uri: str, data: str, sizes: list[int], flip_average: bool
     from defectray.models.scoring import image_scores
 
     det = load_model(model_uri)
-    if flip_average is not None:
-        det.config = det.config.replace(flip_average=flip_average)
+    det.config = det.config.replace(**(scoring or {}))
     items = mvtec_test_items(data)
     maps = []
     for i in range(0, len(items), 16):
@@ -204,7 +204,7 @@ def main() -> None:
         train_min = 0.0
     metrics = evaluate(model, args.data, os.path.join(out, "eval"), progress=False)
     sweep = filter_sweep(model_uri, args.data, [int(s) for s in args.filter_sizes.split(",")],
-                         scoring.get("flip_average")) \
+                         scoring) \
         if args.filter_sizes else None
     per_class = {k: v["image_auroc"] for k, v in metrics["per_class"].items()}
     summary = {"name": name, "engine": engine, "profile": args.profile, "overrides": overrides, "steps": steps,
