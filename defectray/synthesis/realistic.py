@@ -12,7 +12,7 @@ is one of four shapes: Perlin blob (the paper's, most often), a thin jagged crac
 cut into the part's edge. Cracks, pits and chips are mostly darker than the surface (shadowed cavities),
 sometimes brighter (reflections); blobs change brightness either way, so the network learns "surface
 content that does not belong" rather than "dark means defect". On a surface with a grain (grinding or
-rolling marks: ``texture_direction``) half the cracks follow it, straight, faint (10-35% darker)
+rolling marks: ``texture_direction``) three cracks in four follow it, straight, faint (10-35% darker)
 and often running in from the edge: real cracks open along the marks, and a detector that only ever saw
 cracks across them took the real ones for marks (magnetic tile, BENCHMARKS.md).
 
@@ -34,7 +34,8 @@ from defectray.synthesis.perlin import perlin_mask
 from defectray.synthesis.registry import SynthesisSources, register
 
 SHAPES = ("blob", "crack", "pits", "chip")
-SHAPE_PROBS = (0.45, 0.25, 0.15, 0.15)
+SHAPE_PROBS = (0.4, 0.3, 0.15, 0.15)
+GRAIN_CRACK_PROB = 0.75  # of the cracks on a surface with a grain: those along it are the hard case
 MIN_VISIBLE = 12.0  # mean absolute change (grey levels) inside the mask; twice this for thin/small shapes
 MIN_AREA = 0.001  # of the frame: 65 px at 256 x 256, a thin crack of 30 px length
 
@@ -214,7 +215,7 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
     h, w = image.shape[:2]
     foreground = foreground_mask(image, sources.foreground)
     kind = SHAPES[int(rng.choice(len(SHAPES), p=SHAPE_PROBS))]
-    along = texture_direction(image) if kind == "crack" and rng.random() < 0.5 else None
+    along = texture_direction(image) if kind == "crack" and rng.random() < GRAIN_CRACK_PROB else None
     # A few pixels cut off by the frame or the foreground are a label nobody could see: redraw those.
     min_area = max(1.0, MIN_AREA * h * w)
     mask = np.zeros((h, w), bool)
