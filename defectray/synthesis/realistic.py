@@ -12,7 +12,7 @@ is one of four shapes: Perlin blob (the paper's, most often), a thin jagged crac
 cut into the part's edge. Cracks, pits and chips are mostly darker than the surface (shadowed cavities),
 sometimes brighter (reflections); blobs change brightness either way, so the network learns "surface
 content that does not belong" rather than "dark means defect". On a surface with a grain (grinding or
-rolling marks: ``texture_direction``) three cracks in four follow it, straight, faint (10-35% darker)
+rolling marks: ``texture_direction``) three cracks in four follow it, straight, faint (15-45% darker)
 and often running in from the edge: real cracks open along the marks, and a detector that only ever saw
 cracks across them took the real ones for marks (magnetic tile, BENCHMARKS.md).
 
@@ -113,7 +113,8 @@ def crack_mask(shape: tuple[int, int], rng: np.random.Generator, allowed: np.nda
         if not (0 <= x < w and 0 <= y < h and allowed[y, x]):
             heading += math.pi  # from an edge start, into the part
     points = [start]
-    for branch in range(1 + int(rng.random() < 0.3)):
+    # Cracks along the grain do not branch: a branch is a turn, and turns let the model tell them from marks.
+    for branch in range(1 + int(along is None and rng.random() < 0.3)):
         # A slowly drifting course with independent jitter per step: jagged but going somewhere, as a
         # crack does (an accumulating random walk alone gives smooth curls).
         steps = int(rng.integers(10, 30))
@@ -234,9 +235,9 @@ def realistic(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSou
         strength = rng.uniform(0.3, 1.0)  # the paper's random linear interpolation
         min_visible = MIN_VISIBLE
     elif along is not None:
-        # A crack along the grain is a hairline a little darker than the marks beside it (real ones on
-        # ground ferrite: 10-30% below the surface), not the deep shadow of a cavity: faint is its point.
-        polarity, strength, dark = -1.0, rng.uniform(0.8, 1.0), (0.65, 0.9)
+        # A crack along the grain is a hairline darker than the marks beside it, not the deep shadow of a
+        # cavity: real ones on ground ferrite are 25-35% below the surface once resized to the model's scale.
+        polarity, strength, dark = -1.0, rng.uniform(0.8, 1.0), (0.55, 0.85)
         min_visible = MIN_VISIBLE / 2
     else:
         polarity = -1.0 if rng.random() < 0.75 else 1.0
