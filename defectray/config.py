@@ -51,6 +51,7 @@ class Config:
     feature_weight: float = 0.2
     focal_gamma: float = 2.0
     focal_weight: float = 1.0
+    dice_weight: float = 0.0  # per-image Dice on the defect channel: thin defects weigh like big ones (losses.py)
 
     # --- optimisation ---------------------------------------------------------------------------
     batch_size: int = 8

@@ -12,7 +12,7 @@ from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
 from defectray.models.layers import ReparamLargeKernelConv
-from defectray.models.losses import feature_consistency_loss, focal_loss, ssim, ssim_loss
+from defectray.models.losses import defect_dice_loss, feature_consistency_loss, focal_loss, ssim, ssim_loss
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
 from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores
@@ -118,6 +118,30 @@ def test_losses():
     assert feature_consistency_loss(f, [-t for t in f]).item() == pytest.approx(2.0, abs=1e-5)
 
 
+def test_defect_dice_loss_weighs_every_defect_alike():
+    def logits_for(prob):  # (B, H, W) defect probability -> (B, 2, H, W) logits
+        p = prob.clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1)
+
+    thin, big = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
+    thin[0, 10:50, 30] = 1  # a 1-px crack
+    big[0, 10:50, 10:50] = 1
+    targets = torch.cat([thin, big]).long()
+    assert defect_dice_loss(logits_for(targets.float()), targets).item() == pytest.approx(0.0, abs=1e-3)
+    # Missing the crack costs what missing the big defect costs (the focal loss barely notices the crack).
+    missed_thin = torch.cat([torch.zeros(1, 64, 64), big])
+    missed_big = torch.cat([thin, torch.zeros(1, 64, 64)])
+    dice_thin = defect_dice_loss(logits_for(missed_thin), targets).item()
+    dice_big = defect_dice_loss(logits_for(missed_big), targets).item()
+    assert dice_thin == pytest.approx(0.5, abs=0.02) and dice_big == pytest.approx(0.5, abs=0.02)
+    assert focal_loss(logits_for(missed_thin), targets) < 0.1 * focal_loss(logits_for(missed_big), targets)
+    # Normal images only: no Dice term, but a graph gradients can flow through.
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    loss = defect_dice_loss(logits, torch.zeros(2, 8, 8, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
 def test_filter_size_and_image_scores():
     assert filter_size_for(get_config("paper")) == 21
     assert filter_size_for(get_config("paper", image_size=128)) == 11
@@ -182,6 +206,8 @@ def test_tiny_model_overfits_a_handful_of_samples():
     assert iou_after > 0.5 and iou_after > iou_before + 0.3, (iou_before, iou_after)
     assert step.step == 100
     assert set(losses[0]) == {"loss", "l2", "ssim", "feature", "focal"}
+    with_dice = TrainStep(cfg.replace(dice_weight=1.0))(damaged, clean, mask)
+    assert 0.0 < with_dice["dice"] <= 1.0 and with_dice["loss"] > with_dice["focal"]
 
 
 def test_train_step_is_deterministic_and_resumes():

@@ -15,7 +15,7 @@ from torch import nn
 from defectray.config import Config
 from defectray.models import build_model
 from defectray.models.features import CopiedEncoder
-from defectray.models.losses import focal_loss, l2_loss, ssim_loss
+from defectray.models.losses import defect_dice_loss, focal_loss, l2_loss, ssim_loss
 
 
 def lr_at(config: Config, progress: float) -> float:
@@ -78,6 +78,11 @@ class TrainStep:
         focal = focal_loss(logits, target, cfg.focal_gamma)
         feature = feature.float()
         loss = cfg.l2_weight * l2 + cfg.ssim_weight * ssim + cfg.feature_weight * feature + cfg.focal_weight * focal
+        parts = {}
+        if cfg.dice_weight:
+            dice = defect_dice_loss(logits, target)
+            loss = loss + cfg.dice_weight * dice
+            parts["dice"] = dice.item()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -88,7 +93,7 @@ class TrainStep:
         if isinstance(extractor, CopiedEncoder) and self.step % max(1, cfg.feature_refresh_every) == 0:
             extractor.refresh(self.net.reconstruction)
         return {"loss": loss.item(), "l2": l2.item(), "ssim": ssim.item(), "feature": feature.item(),
-                "focal": focal.item()}
+                "focal": focal.item(), **parts}
 
     def set_progress(self, progress: float) -> None:
         """Tell the step how far through its budget the run is (see ``budget_progress``); sets the lr."""
