@@ -114,9 +114,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "epochs": 1000,
         "max_minutes": 20.0,
         "lr_milestones": [0.8],  # a short budget gets one drop, for its last fifth
-        # 3x3 at 128 px (5 at the 256 px reference): DRAEM's 21 (11x11 here) averages small defects away;
-        # 3x3 scored +0.02 to +0.06 image AUROC over 11x11 on every model measured (BENCHMARKS.md, Accuracy).
-        "score_filter_size": 5,
+        # Per-image Dice beside the focal loss: a 1-px crack then weighs like a large blob. 20-minute runs
+        # (BENCHMARKS.md, session 12): crack image AUROC 0.68 -> 0.88-0.96 at weights 0.1-1; pixel AUROC falls as
+        # the weight rises (0.950 / 0.912 / 0.885 at 0.1 / 0.3 / 1), so the smallest weight measured.
+        "dice_weight": 0.1,
+        # The plain max of the map (1 at the 256 px reference): with Dice a crack is a confident 1-px line that
+        # any mean filter dilutes (image AUROC 0.902 / 0.882 / 0.867 at 1x1 / 3x3 / 5x5 at 128 px). DRAEM's
+        # 21 (11x11 here) averaged small defects away on every model measured before.
+        "score_filter_size": 1,
         # +0.01-0.02 pixel AUROC and AUPRO on all 5 models of session 11 (BENCHMARKS.md); inference x4
         "flip_average": True,
     },
