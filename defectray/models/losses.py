@@ -74,9 +74,8 @@ def defect_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
     synthetic defect the same weight, whatever its area (opt-in: ``dice_weight``, off in the paper profile)."""
     p = torch.softmax(logits.float(), dim=1)[:, 1].flatten(1)
     g = (target > 0).float().flatten(1)
-    has_defect = g.sum(1) > 0
-    if not bool(has_defect.any()):
-        return p.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) whole
-    p, g = p[has_defect], g[has_defect]
+    has_defect = (g.sum(1) > 0).float()
     dice = (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)
-    return (1.0 - dice).mean()
+    # A masked mean, not a branch: no host sync in the step, and a batch of normal images still gives a
+    # (zero) loss with a whole graph, which DDP's gradient hooks need.
+    return ((1.0 - dice) * has_defect).sum() / has_defect.sum().clamp(min=1.0)
