@@ -44,6 +44,7 @@ STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
 # Config fields that may change between a run and its resume; anything else must match the checkpoint.
 BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes")
+LOSS_KEYS = ("loss", "l2", "ssim", "feature", "focal", "dice")  # TrainStep's outputs, in log order
 
 
 @dataclass
@@ -464,7 +465,7 @@ def _train_loop(loop: dict) -> None:
 
 def _progress_line(metrics: dict, epochs: int, config: Config, epoch_seconds: list[float], steps_per_epoch: int,
                    deadline: float | None) -> str:
-    losses = " ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "l2", "ssim", "feature", "focal", "dice") if k in metrics)
+    losses = " ".join(f"{k} {metrics[k]:.4f}" for k in LOSS_KEYS if k in metrics)
     val = "".join(f" {k} {metrics[k]:.3f}" for k in ("image_auroc", "pixel_auroc") if metrics.get(k) is not None)
     eta_text = ""
     if epoch_seconds:
@@ -678,7 +679,7 @@ def train(
         minutes=(time.monotonic() - started) / 60,
         samples_per_s=float(m.get("samples_per_s", 0.0)),
         stopped_by=m["stopped_by"],
-        losses={k: float(m[k]) for k in ("loss", "l2", "ssim", "feature", "focal", "dice") if k in m},
+        losses={k: float(m[k]) for k in LOSS_KEYS if k in m},
         validation={k: m.get(k) for k in ("image_auroc", "pixel_auroc")} if validation else None,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         resumed_from=int(m.get("resumed_from", 0)),
