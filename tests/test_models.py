@@ -11,7 +11,7 @@ import torch
 from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
-from defectray.models.layers import ReparamLargeKernelConv
+from defectray.models.layers import ReparamLargeKernelConv, depthwise_conv2d
 from defectray.models.losses import defect_dice_loss, feature_consistency_loss, focal_loss, ssim, ssim_loss
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
@@ -116,6 +116,53 @@ def test_losses():
     f = [torch.rand(2, 4, 8, 8), torch.rand(2, 8, 4, 4)]
     assert feature_consistency_loss(f, f).item() == pytest.approx(0.0, abs=1e-5)
     assert feature_consistency_loss(f, [-t for t in f]).item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_ssim_matches_a_direct_11x11_reference():
+    """The separable blur must give DRAEM's SSIM: an 11x11 Gaussian window (sigma 1.5), zero padding, computed
+    here independently with scipy on float64."""
+    from scipy.ndimage import correlate
+
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 3, 23, 31))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    x = np.arange(11) - 5
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    window = np.outer(g, g) / np.outer(g, g).sum()
+
+    def blur(m):
+        return correlate(m, window, mode="constant", cval=0.0)
+
+    values = []
+    for i in range(2):
+        for c in range(3):
+            p, q = a[i, c], b[i, c]
+            mu_p, mu_q = blur(p), blur(q)
+            var_p, var_q, cov = blur(p * p) - mu_p**2, blur(q * q) - mu_q**2, blur(p * q) - mu_p * mu_q
+            c1, c2 = 0.01**2, 0.03**2
+            values.append(((2 * mu_p * mu_q + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_q**2 + c1) * (var_p + var_q + c2)))
+    expected = float(np.mean(values))
+    assert ssim(torch.from_numpy(a).float(), torch.from_numpy(b).float()).item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 4, 29, 18), 15), ((2, 6, 16, 16), 11), ((2, 3, 12, 20), 13)])
+def test_depthwise_conv2d_gradients_match_autograd_of_conv2d(shape, k):
+    """The FFT weight gradient and the flipped-kernel input gradient against torch's own conv2d backward."""
+    torch.manual_seed(0)
+    channels = shape[1]
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(channels, 1, k, k, requires_grad=True)
+    grad = torch.randn(shape)
+    out = depthwise_conv2d(x, w, k // 2)
+    out.backward(grad)
+    got_x, got_w = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    expected = torch.nn.functional.conv2d(x, w, padding=k // 2, groups=channels)
+    expected.backward(grad)
+    assert torch.equal(out, expected)
+    assert torch.allclose(got_x, x.grad, rtol=0, atol=1e-5 * x.grad.abs().max().item())
+    assert torch.allclose(got_w, w.grad, rtol=0, atol=1e-5 * w.grad.abs().max().item())
+    assert depthwise_conv2d(x.detach(), w.detach(), k // 2).grad_fn is None  # inference takes the plain conv
 
 
 def test_defect_dice_loss_weighs_every_defect_alike():

@@ -8,7 +8,11 @@ branch, the small kernel zero-padded to k x k, the two summed. Same outputs, one
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# From this kernel size on, a CPU depthwise conv takes its weight gradient by FFT (depthwise_conv2d).
+FFT_GRAD_MIN_KERNEL = 11
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -33,14 +37,57 @@ def fuse_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor
     return weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
 
 
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Stride-1 depthwise conv whose backward is two cheap forms of the same sums (CPU only, see below)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        p, k = ctx.padding, weight.shape[-1]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:  # the transposed conv of a stride-1 depthwise conv: the flipped kernel
+            grad_x = F.conv2d(grad, weight.flip(2, 3), padding=k - 1 - p, groups=weight.shape[0])
+        if ctx.needs_input_grad[1]:
+            # dW[c, i, j] = sum over batch and pixels of x_padded[c, y + i, x + j] * grad[c, y, x]: a
+            # cross-correlation, one product of spectra per channel instead of k*k passes over the batch.
+            # The spectra are (H + 2p) wide, so the k*k lags wanted never wrap around.
+            size = (x.shape[-2] + 2 * p, x.shape[-1] + 2 * p)
+            spectrum_x = torch.fft.rfft2(F.pad(x.float(), (p, p, p, p)), s=size)
+            spectrum_g = torch.fft.rfft2(grad.float(), s=size)
+            lags = torch.fft.irfft2((spectrum_x * spectrum_g.conj()).sum(0), s=size)
+            grad_w = lags[:, : k, : k].reshape(weight.shape).to(weight.dtype)
+        return grad_x, grad_w, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, padding=padding, groups=channels)`` for a (C, 1, k, k) weight, stride 1.
+
+    Why not F.conv2d alone: on CPU, oneDNN's weight gradient of a large depthwise kernel is ~10x slower than
+    the forward (15x15 at 64 x 64, batch 16: 254 ms against 21-44 ms by FFT here), and it was the single
+    largest op of a cpu-small training step (BENCHMARKS.md "Networks"). The same values, in float32."""
+    k = weight.shape[-1]
+    if x.device.type != "cpu" or k < FFT_GRAD_MIN_KERNEL or not torch.is_grad_enabled():
+        return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
+    return _DepthwiseConv2d.apply(x, weight, padding)
+
+
 class ConvBN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
+        self.depthwise = groups == in_channels == out_channels and groups > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depthwise:
+            return self.bn(depthwise_conv2d(x, self.conv.weight, self.conv.padding[0]))
         return self.bn(self.conv(x))
 
 

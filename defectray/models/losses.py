@@ -13,27 +13,30 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+def _gaussian_1d(size: int, sigma: float, device, dtype) -> torch.Tensor:
     x = torch.arange(size, device=device, dtype=dtype) - size // 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of two (B, C, H, W) images in [0, 1] (Gaussian 11x11 window, as DRAEM)."""
+    """Mean SSIM of two (B, C, H, W) images in [0, 1] (Gaussian 11x11 window, as DRAEM).
+
+    The window is separable, so the five local means are one 11x1 and one 1x11 depthwise pass over the
+    five maps stacked (zero padding keeps it exactly the 11x11 blur): ~5x fewer multiply-adds than 11x11,
+    and the blurs were ~6 % of a cpu-small training step."""
     a, b = a.float(), b.float()
     c = a.shape[1]
-    w = _gaussian_window(window_size, sigma, c, a.device, a.dtype)
+    g = _gaussian_1d(window_size, sigma, a.device, a.dtype)
     pad = window_size // 2
-
-    def blur(x):
-        return F.conv2d(x, w, padding=pad, groups=c)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    maps = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    n = maps.shape[1]
+    blurred = F.conv2d(maps, g.reshape(1, 1, 1, -1).expand(n, 1, 1, window_size), padding=(0, pad), groups=n)
+    blurred = F.conv2d(blurred, g.reshape(1, 1, -1, 1).expand(n, 1, window_size, 1), padding=(pad, 0), groups=n)
+    mu_a, mu_b, e_aa, e_bb, e_ab = blurred.split(c, dim=1)
+    var_a = e_aa - mu_a**2
+    var_b = e_bb - mu_b**2
+    cov = e_ab - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return s.mean()
