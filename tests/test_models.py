@@ -33,8 +33,9 @@ def tiny_config(**kw):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("large_kernel", [True, False])
 @pytest.mark.parametrize("size", [(33, 33), (37, 50), (17, 29)])
-def test_shapes_at_odd_sizes(channels, large_kernel, size):
-    model = build_model(tiny_config(channels=channels, large_kernel=large_kernel)).eval()
+@pytest.mark.parametrize("upsample", ["resize-conv", "conv-resize"])
+def test_shapes_at_odd_sizes(channels, large_kernel, size, upsample):
+    model = build_model(tiny_config(channels=channels, large_kernel=large_kernel, upsample=upsample)).eval()
     x = torch.rand(2, channels, *size)
     recon, logits = model(x)
     assert recon.shape == x.shape and logits.shape == (2, 2, *size)
@@ -49,6 +50,20 @@ def test_feature_extractor_kinds(kind, cls):
     recon, logits, feature = model(x, clean=x)
     assert feature.ndim == 0 and torch.isfinite(feature)
     assert (feature.item() == 0) == (kind == "none")
+
+
+def test_upsample_order_changes_the_computation_not_the_weights():
+    """Both orders hold the same parameters (a model file's tensors fit either), compute different maps, and
+    a name outside the two is refused when the network is built, not at its first forward."""
+    torch.manual_seed(0)
+    dra = build_model(tiny_config(upsample="resize-conv")).eval()
+    ours = build_model(tiny_config(upsample="conv-resize")).eval()
+    assert {k: v.shape for k, v in dra.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    ours.load_state_dict(dra.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    assert not torch.allclose(dra(x)[1], ours(x)[1])
+    with pytest.raises(ValueError, match="upsample"):
+        build_model(tiny_config(upsample="nearest"))
 
 
 def test_unknown_feature_extractor():

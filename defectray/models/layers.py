@@ -23,6 +23,23 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
     )
 
 
+UPSAMPLE_ORDERS = ("resize-conv", "conv-resize")
+
+
+def check_upsample(order: str) -> str:
+    if order not in UPSAMPLE_ORDERS:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_ORDERS)}, not {order!r}")
+    return order
+
+
+def upsample_stage(x: torch.Tensor, conv: nn.Module, size, order: str) -> torch.Tensor:
+    """One decoder stage's way up: bilinear resize to ``size`` and ``conv``, in the ``order`` asked for.
+    "resize-conv" is DRAEM's; "conv-resize" runs the conv at the coarser level (1/4 of the multiply-adds)."""
+    if order == "resize-conv":
+        return conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    return F.interpolate(conv(x), size=size, mode="bilinear", align_corners=False)
+
+
 class DoubleConv(nn.Sequential):
     """Two 3x3 conv+BN+ReLU: the building block of both DRAEM sub-networks."""
 

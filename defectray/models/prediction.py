@@ -10,6 +10,7 @@ image_size / 256 and capped at that level's feature-map size (a kernel wider tha
 padding), rounded down to odd. Levels where that leaves less than 3 get no large-kernel block. So the
 kernels cover the same fraction of the image at every resolution: 31/29/27/13 at 256 px, 15/13/13/5 at
 128 px. The parallel small kernel is 5x5 (RepLKNet), 3x3 when k <= 5.
+``upsample`` orders each decoder stage's resize and conv as in reconstruction.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectray.models.layers import DoubleConv, LargeKernelBlock, ReparamLargeKernelConv, conv_bn_relu
+from defectray.models.layers import (DoubleConv, LargeKernelBlock, ReparamLargeKernelConv, check_upsample,
+                                     conv_bn_relu, upsample_stage)
 
 
 def _odd_floor(x: float) -> int:
@@ -41,7 +43,8 @@ def level_kernel_sizes(kernel_sizes: list[int], image_size: int, depth: int) -> 
 
 class DefectPredictionNet(nn.Module):
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_width: int = 64, depth: int = 6,
-                 large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256):
+                 large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256,
+                 upsample: str = "resize-conv"):
         super().__init__()
         if depth < 1:
             raise ValueError("seg_depth must be >= 1")
@@ -59,6 +62,7 @@ class DefectPredictionNet(nn.Module):
         self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i]) for i in range(depth - 1))
         self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in range(depth - 1))
         self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        self.upsample = check_upsample(upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -68,8 +72,8 @@ class DefectPredictionNet(nn.Module):
             x = block(x)
             skips.append(x)
         for i in reversed(range(len(self.up))):
-            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.decoder[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+            x = upsample_stage(x, self.up[i], skips[i].shape[-2:], self.upsample)
+            x = self.decoder[i](torch.cat([x, skips[i]], dim=1))
         return self.head(x)
 
     def reparameterize(self) -> "DefectPredictionNet":

@@ -4,6 +4,10 @@ DRAEM's reconstructive sub-network: ``depth`` encoder blocks (two 3x3 conv+BN+Re
 base x 1, 2, 4, 8, 8, ... and max-pooling between them, a mirrored decoder with bilinear upsampling and
 no skip connections (skips would let defects through), and a sigmoid head so the output stays in [0, 1]
 like the input. Any input size works: the decoder upsamples to the exact sizes the encoder saw.
+
+``upsample`` orders each decoder stage's resize and its width-halving conv: "resize-conv" (DRAEM: resize, then
+conv at the finer level) or "conv-resize" (conv at the coarser level, then resize: the same weights at a
+quarter of the multiply-adds; the double conv after it still works at the finer level).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectray.models.layers import DoubleConv, conv_bn_relu
+from defectray.models.layers import DoubleConv, check_upsample, conv_bn_relu, upsample_stage
 
 
 def level_widths(base_width: int, depth: int) -> list[int]:
@@ -20,12 +24,13 @@ def level_widths(base_width: int, depth: int) -> list[int]:
 
 
 class ReconstructionNet(nn.Module):
-    def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5):
+    def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5, upsample: str = "resize-conv"):
         super().__init__()
         if depth < 1:
             raise ValueError("recon_depth must be >= 1")
         widths = level_widths(base_width, depth)
         self.widths = widths
+        self.upsample = check_upsample(upsample)
         self.encoder = nn.ModuleList(
             DoubleConv(channels if i == 0 else widths[i - 1], w) for i, w in enumerate(widths))
         # Decoder stage i brings level i+1 up to level i: upsample, conv to level i's width, double conv.
@@ -46,8 +51,7 @@ class ReconstructionNet(nn.Module):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         for i in reversed(range(len(self.up))):
-            x = F.interpolate(x, size=features[i].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.decoder[i](self.up[i](x))
+            x = self.decoder[i](upsample_stage(x, self.up[i], features[i].shape[-2:], self.upsample))
         return torch.sigmoid(self.head(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
