@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# From this kernel size on, a CPU depthwise conv takes its weight gradient by FFT (depthwise_conv2d).
-FFT_GRAD_MIN_KERNEL = 11
+# From this kernel size on, a CPU depthwise conv takes its weight gradient by FFT (depthwise_conv2d); below it
+# torch's own is as fast (13x13 at 32 px: 34 vs 39 ms forward + backward, BENCHMARKS.md "Networks").
+FFT_GRAD_MIN_KERNEL = 15
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
