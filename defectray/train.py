@@ -4,7 +4,7 @@ The pipeline, top to bottom:
 
 1. The driver lists the normal images, keeps a seeded ``val_fraction`` of them out of training (calibration),
    and loads a bounded bank of training images as the synthesis appearance source.
-2. Ray Data streams ``ray.data.range(epochs * rows_per_epoch)``. Row ``id`` is epoch-major: epoch
+2. Ray Data streams the row ids ``0 .. epochs * rows_per_epoch``. Row ``id`` is epoch-major: epoch
    ``id // rows_per_epoch``, position ``id % rows_per_epoch``; the image at a position is fixed by a per-epoch
    permutation seeded from (seed, epoch). Each row is read, decoded and resized, then a synthetic defect is
    painted on it with an RNG seeded from (seed, epoch, position). So every epoch is a fresh draw, and a run is
@@ -44,6 +44,8 @@ STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
 # Config fields that may change between a run and its resume; anything else must match the checkpoint.
 BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes")
+BLOCK_BYTES = 64 << 20  # the most a block of synthesised rows may hold (build_dataset)
+RUN_AHEAD_BLOCKS = 4  # CPU-only training: blocks of synthesised rows the stream may hold ahead (_data_config)
 LOSS_KEYS = ("loss", "l2", "ssim", "feature", "focal", "dice")  # TrainStep's outputs, in log order
 
 
@@ -256,10 +258,16 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     # and a block's output stays ~64 MiB; few enough (~500) that Ray Data's scheduling loop, whose cost grows
     # with the blocks queued, stays cheap (BENCHMARKS.md "Training pipeline").
     row_bytes = config.image_size**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
-    rows_per_block = max(4 * config.batch_size, min(math.ceil(total / 500), (64 << 20) // row_bytes))
+    rows_per_block = max(4 * config.batch_size, min(math.ceil(total / 500), BLOCK_BYTES // row_bytes))
     paths_box = [ray.put(list(train_paths))]
     sources_box = [ray.put(sources)]
-    ds = ray.data.range(total, override_num_blocks=max(1, math.ceil(total / rows_per_block)))
+    # The ids go into the object store from here, not through ray.data.range: its ~1,000 read tasks (one per
+    # block) ran one at a time on the CPU left to Ray Data and held back every synthesis task for the first
+    # minute of a 2-core run (BENCHMARKS.md "Training pipeline").
+    import pyarrow as pa
+
+    ids = np.arange(total, dtype=np.int64)
+    ds = ray.data.from_arrow([pa.table({"id": ids[i:i + rows_per_block]}) for i in range(0, total, rows_per_block)])
     ds = ds.map_batches(
         read_stage, batch_size=config.batch_size,
         fn_kwargs=dict(paths=paths_box, rows_per_epoch=rows_per_epoch, seed=config.seed, config=config,
@@ -274,6 +282,22 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
 
     pace_scheduling_loop(ds)
     return ds, rows_per_epoch
+
+
+def _data_config(use_gpu: bool):
+    """Ray Train's DataConfig for the training stream. On CPU-only training the synthesis tasks and the
+    trainers share the same cores, so the stream may only run ~RUN_AHEAD_BLOCKS blocks ahead: unbounded, it
+    synthesised ~17,000 rows (1.7 GiB) in its first minute while the trainer had consumed a few hundred, and
+    that minute was the trainer's. On GPU workers the CPUs are otherwise idle: no limit."""
+    import ray.train
+
+    if use_gpu:
+        return ray.train.DataConfig()
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    budget = RUN_AHEAD_BLOCKS * BLOCK_BYTES
+    return ray.train.DataConfig(execution_options=ExecutionOptions(
+        resource_limits=ExecutionResources.for_limits(object_store_memory=budget)))
 
 
 # ---- the training loop (one per Ray Train worker) ---------------------------------------------------------------
@@ -654,6 +678,7 @@ def train(
             **_storage_args(storage_path),
         ),
         datasets={"train": dataset},
+        dataset_config=_data_config(use_gpu),
     )
     try:
         result = trainer.fit()

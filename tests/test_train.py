@@ -13,6 +13,9 @@ import defectray
 from defectray import io
 from defectray.config import get_config
 from defectray.train import (
+    BLOCK_BYTES,
+    RUN_AHEAD_BLOCKS,
+    _data_config,
     epoch_order,
     model_uri_for,
     split_holdout,
@@ -85,6 +88,13 @@ def test_synthesis_draw_depends_on_epoch_and_position_not_on_batching():
     assert not np.array_equal(whole["damaged"], images)
     other_seed = synthesis_stage(batch, **{**kw, "seed": 6})
     assert not np.array_equal(other_seed["damaged"], whole["damaged"])
+
+
+def test_the_stream_runs_only_a_few_blocks_ahead_of_cpu_trainers_and_freely_ahead_of_gpus():
+    cpu = _data_config(use_gpu=False)._resolve_execution_options("train").resource_limits
+    gpu = _data_config(use_gpu=True)._resolve_execution_options("train").resource_limits
+    assert cpu.object_store_memory == RUN_AHEAD_BLOCKS * BLOCK_BYTES
+    assert gpu.object_store_memory == float("inf")
 
 
 # ---- on Ray ---------------------------------------------------------------------------------------------------
