@@ -55,6 +55,7 @@ class Config:
     focal_gamma: float = 2.0
     focal_weight: float = 1.0
     dice_weight: float = 0.0  # per-image Dice on the defect channel: thin defects weigh like big ones (losses.py)
+    peak_weight: float = 0.0  # each image's peak defect probability, what the image score reads (losses.py)
 
     # --- optimisation ---------------------------------------------------------------------------
     batch_size: int = 8

@@ -12,7 +12,8 @@ from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
 from defectray.models.layers import ReparamLargeKernelConv, depthwise_conv2d
-from defectray.models.losses import defect_dice_loss, feature_consistency_loss, focal_loss, ssim, ssim_loss
+from defectray.models.losses import (defect_dice_loss, feature_consistency_loss, focal_loss, image_peak_loss, ssim,
+                                     ssim_loss)
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
 from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores
@@ -160,7 +161,7 @@ def test_ssim_matches_a_direct_11x11_reference():
     assert ssim(torch.from_numpy(a).float(), torch.from_numpy(b).float()).item() == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("shape,k", [((3, 4, 29, 18), 15), ((2, 6, 16, 16), 11), ((2, 3, 12, 20), 13)])
+@pytest.mark.parametrize("shape,k", [((3, 4, 29, 18), 15), ((2, 6, 16, 16), 17), ((2, 3, 12, 20), 21)])
 def test_depthwise_conv2d_gradients_match_autograd_of_conv2d(shape, k):
     """The FFT weight gradient and the flipped-kernel input gradient against torch's own conv2d backward."""
     torch.manual_seed(0)
@@ -169,6 +170,7 @@ def test_depthwise_conv2d_gradients_match_autograd_of_conv2d(shape, k):
     w = torch.randn(channels, 1, k, k, requires_grad=True)
     grad = torch.randn(shape)
     out = depthwise_conv2d(x, w, k // 2)
+    assert "DepthwiseConv2d" in type(out.grad_fn).__name__  # the FFT path, not torch's own
     out.backward(grad)
     got_x, got_w = x.grad.clone(), w.grad.clone()
     x.grad = w.grad = None
@@ -178,6 +180,35 @@ def test_depthwise_conv2d_gradients_match_autograd_of_conv2d(shape, k):
     assert torch.allclose(got_x, x.grad, rtol=0, atol=1e-5 * x.grad.abs().max().item())
     assert torch.allclose(got_w, w.grad, rtol=0, atol=1e-5 * w.grad.abs().max().item())
     assert depthwise_conv2d(x.detach(), w.detach(), k // 2).grad_fn is None  # inference takes the plain conv
+
+
+def test_image_peak_loss_reads_the_peaks_an_image_score_reads():
+    def logits_for(p):  # a two-class map with defect probability p
+        p = p.clamp(1e-6, 1 - 1e-6)
+        return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1)
+
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, 10:20, 15] = 1  # a 1-px crack
+    good = torch.full((1, 32, 32), 1e-4)
+    good[target > 0] = 0.999
+    assert image_peak_loss(logits_for(good), target).item() < 0.01
+    hot = good.clone()
+    hot[0, 2, 2] = 0.9  # one hot normal pixel: a false alarm whatever the other 1,000 pixels do
+    assert image_peak_loss(logits_for(hot), target).item() > 0.2
+    rim = good.clone()
+    rim[0, 10, 16] = 0.9  # next to the defect, where the label is uncertain: not counted
+    assert image_peak_loss(logits_for(rim), target).item() < 0.01
+    missed = good.clone()
+    missed[target > 0] = 1e-4
+    assert image_peak_loss(logits_for(missed), target).item() > 5
+    one_hit = missed.clone()
+    one_hit[0, 12, 15] = 0.999  # one confident pixel is all the image score needs
+    assert image_peak_loss(logits_for(one_hit), target).item() < 0.01
+    normal_only = torch.zeros(2, 8, 8, dtype=torch.long)
+    logits = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    loss = image_peak_loss(logits, normal_only)
+    loss.backward()
+    assert loss.item() == pytest.approx(np.log(2), rel=1e-5) and logits.grad.abs().sum() > 0
 
 
 def test_defect_dice_loss_weighs_every_defect_alike():

@@ -1,6 +1,7 @@
 """Training losses: L2 + SSIM and deep-feature consistency for the reconstruction, focal loss for the mask.
 
-Weights (config): l2_weight=1.0, ssim_weight=0.8, feature_weight=0.2, focal_weight=1.0 (dice_weight=0). The paper's
+Weights (config): l2_weight=1.0, ssim_weight=0.8, feature_weight=0.2, focal_weight=1.0 (dice_weight=0,
+peak_weight=0). The paper's
 lambda = 1, 0.8, 0.2 are read as L2, SSIM, feature consistency: L2 anchors the pixel values, SSIM (whose
 raw value, 1 - SSIM, is ~10x larger than L2 on [0, 1] images) shapes local structure, and the feature term
 is an auxiliary regulariser, so it gets the smallest weight. The focal loss keeps DRAEM's weight 1.
@@ -82,3 +83,27 @@ def defect_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
     # A masked mean, not a branch: no host sync in the step, and a batch of normal images still gives a
     # (zero) loss with a whole graph, which DDP's gradient hooks need.
     return ((1.0 - dice) * has_defect).sum() / has_defect.sum().clamp(min=1.0)
+
+
+def image_peak_loss(logits: torch.Tensor, target: torch.Tensor, top_k: int = 8, rim: int = 2) -> torch.Tensor:
+    """A loss on what the image score reads: each image's peak defect probability.
+
+    Why, next to the per-pixel losses: the image score is the map's maximum, so one hot pixel on a normal
+    image is a false alarm however well the other 16,000 are classified, and a defect is found only if some
+    pixel of it is confident. The focal loss is a mean over pixels and Dice an overlap; neither looks at the
+    peaks. Two terms: the mean of the ``top_k`` highest defect probabilities among each image's normal pixels
+    (outside the defect and a ``rim``-pixel band around it, where the label is uncertain) is pushed to 0, as
+    -log(1 - p); and each defective image's highest probability inside its defect to 1, as -log p.
+    (opt-in: ``peak_weight``.)"""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    defect = (target > 0).float()[:, None]
+    near = F.max_pool2d(defect, 2 * rim + 1, stride=1, padding=rim)[:, 0] > 0 if rim else defect[:, 0] > 0
+    b = logits.shape[0]
+    # -log(1 - p) of the normal pixels with the highest p: the smallest log-probabilities of "normal"
+    normal_log_p = log_p[:, 0].masked_fill(near, 0.0).flatten(1)
+    k = min(top_k, normal_log_p.shape[1])
+    false_alarm = -normal_log_p.topk(k, dim=1, largest=False).values.mean(1)
+    has_defect = defect.flatten(1).amax(1)
+    best_hit = log_p[:, 1].masked_fill(defect[:, 0] == 0, -1e4).flatten(1).amax(1)
+    miss = -best_hit.clamp(min=-1e3) * has_defect
+    return false_alarm.sum() / b + miss.sum() / has_defect.sum().clamp(min=1.0)

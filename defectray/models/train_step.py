@@ -15,7 +15,7 @@ from torch import nn
 from defectray.config import Config
 from defectray.models import build_model
 from defectray.models.features import CopiedEncoder
-from defectray.models.losses import defect_dice_loss, focal_loss, l2_loss, ssim_loss
+from defectray.models.losses import defect_dice_loss, focal_loss, image_peak_loss, l2_loss, ssim_loss
 
 
 def lr_at(config: Config, progress: float) -> float:
@@ -83,6 +83,10 @@ class TrainStep:
             dice = defect_dice_loss(logits, target)
             loss = loss + cfg.dice_weight * dice
             parts["dice"] = dice.item()
+        if cfg.peak_weight:
+            peak = image_peak_loss(logits, target)
+            loss = loss + cfg.peak_weight * peak
+            parts["peak"] = peak.item()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
