@@ -110,7 +110,7 @@ def filter_sweep(model_uri: str, data: str, sizes: list[int], scoring: dict | No
     kinds = np.array([it.defect_class for it in items])
     result = {}
     for size in sizes:
-        s = np.array([image_scores(m, size)[0] for m in maps])
+        s = np.array([image_scores(m, size)[-1] for m in maps])  # the score head's map, where there is one
         row = {"all": round(float(roc_auc_score(labels, s)), 4)}
         for k in sorted(set(kinds[labels])):
             sel = (kinds == k) | ~labels

@@ -46,7 +46,7 @@ META_FILE = "meta.json"
 BUDGET_FIELDS = ("epochs", "max_steps", "max_minutes")
 BLOCK_BYTES = 64 << 20  # the most a block of synthesised rows may hold (build_dataset)
 RUN_AHEAD_BLOCKS = 4  # CPU-only training: blocks of synthesised rows the stream may hold ahead (_data_config)
-LOSS_KEYS = ("loss", "l2", "ssim", "feature", "focal", "dice", "peak")  # TrainStep's outputs, in log order
+LOSS_KEYS = ("loss", "l2", "ssim", "feature", "focal", "dice", "score", "peak")  # TrainStep's outputs, in log order
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -156,6 +157,23 @@ def test_calibrate_and_save_with_calibration(tmp_path):
     assert det.threshold == cal["threshold"]
     np.testing.assert_allclose(calibrate(det, cfg, normals)["normal_scores"], cal["normal_scores"], atol=1e-5)
     assert model_id_of(cfg, _inference_state(model)) == det.model_id
+
+
+def test_a_score_head_model_scores_by_its_score_map_and_keeps_the_defect_map(tmp_path):
+    cfg = tiny_config(score_head=True)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, trained_ish(cfg), cfg)
+    det = load_model(path)
+    imgs = images(np.random.default_rng(3))
+    scores, maps = det.predict(imgs)
+    raw = det.infer(det.preprocess(imgs))
+    assert all(r.ndim == 3 and r.shape[0] == 2 for r in raw)  # (defect, score) at the fitted resolution
+    np.testing.assert_array_equal(scores, [image_scores(r[1], filter_size_for(cfg))[0] for r in raw])
+    assert not np.allclose(scores, [image_scores(r[0], filter_size_for(cfg))[0] for r in raw])
+    for img, m, r in zip(imgs, maps, raw):
+        assert m.shape == img.shape[:2] and m.dtype == np.float32
+        expected = np.clip(cv2.resize(r[0], (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), 0, 1)
+        np.testing.assert_array_equal(m, expected)
 
 
 def test_wide_images_are_tiled_not_stretched(tmp_path):

@@ -211,6 +211,43 @@ def test_image_peak_loss_reads_the_peaks_an_image_score_reads():
     assert loss.item() == pytest.approx(np.log(2), rel=1e-5) and logits.grad.abs().sum() > 0
 
 
+def test_score_head_is_a_second_map_trained_with_the_peak_loss():
+    """With score_head the network has a third output; output_maps gives (defect, score) probabilities, flip
+    averaging covers both, and a training step puts the peak loss on the score head only."""
+    from defectray.models.scoring import output_maps
+
+    cfg = tiny_config(score_head=True, peak_weight=0.1, dice_weight=0.1)
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_extractor=False).eval()
+    x = torch.rand(2, 1, 32, 32)
+    both = output_maps(model, x, flip_average=True)
+    assert both.shape == (2, 2, 32, 32) and 0 <= both.min() and both.max() <= 1
+    torch.testing.assert_close(both[:, 0], anomaly_maps(model, x, flip_average=True))
+    _, logits = model(x)
+    torch.testing.assert_close(output_maps(model, x)[:, 1], torch.sigmoid(logits[:, 2]))
+    assert output_maps(build_model(tiny_config(), feature_extractor=False), x).shape == (2, 1, 32, 32)
+
+    step = TrainStep(cfg)
+    target = torch.zeros(8, 32, 32)
+    target[:4, 10:20, 12:14] = 1
+    images = torch.rand(8, 1, 32, 32)
+    losses = step(images, images, target)
+    assert {"score", "peak", "dice", "focal"} <= set(losses)
+    # the peak loss reads the score head: zeroing the defect channel's last conv changes nothing in it
+    from defectray.models.losses import image_peak_loss
+
+    net = step.net.eval()
+    _, logits = net(images)
+    z = logits[:, 2:3]
+    expected = image_peak_loss(torch.cat([torch.zeros_like(z), z], dim=1), (target > 0.5).long())
+    with torch.no_grad():
+        net.prediction.head.weight[:2] = 0
+    _, logits_after = net(images)
+    z_after = logits_after[:, 2:3]
+    torch.testing.assert_close(image_peak_loss(torch.cat([torch.zeros_like(z_after), z_after], 1),
+                                               (target > 0.5).long()), expected)
+
+
 def test_defect_dice_loss_weighs_every_defect_alike():
     def logits_for(prob):  # (B, H, W) defect probability -> (B, 2, H, W) logits
         p = prob.clamp(1e-6, 1 - 1e-6)

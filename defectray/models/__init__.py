@@ -52,7 +52,8 @@ def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     """The model ``config`` describes. ``feature_extractor=False`` leaves the extractor out (inference)."""
     reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
                                        config.upsample)
-    prediction = DefectPredictionNet(2 * config.channels, 2, config.seg_base_width, config.seg_depth,
+    outputs = 3 if config.score_head else 2  # (normal, defect) logits, then the score head's logit
+    prediction = DefectPredictionNet(2 * config.channels, outputs, config.seg_base_width, config.seg_depth,
                                      config.large_kernel, config.kernel_sizes, config.image_size, config.upsample)
     extractor = (build_feature_extractor(config.feature_extractor, reconstruction, config.channels,
                                          config.feature_weights) if feature_extractor else None)

@@ -158,9 +158,11 @@ class Detector:
 
     @torch.no_grad()
     def infer(self, batch) -> list[np.ndarray]:
-        """Preprocessed (C, H', W') images (a list, or one (B, C, H', W') array) -> (H', W') float32 defect
-        probability maps: each image cut into ``image_size`` tiles, all tiles run in batches, maps stitched."""
-        from defectray.models.scoring import anomaly_maps
+        """Preprocessed (C, H', W') images (a list, or one (B, C, H', W') array) -> float32 maps at that
+        resolution: each image cut into ``image_size`` tiles, all tiles run in batches, maps stitched. A map is
+        the (H', W') defect probability, or, for a model with a score head, (2, H', W'): the defect
+        probability and the score head's map (``postprocess`` takes the image score from the last)."""
+        from defectray.models.scoring import output_maps
 
         s = self.config.image_size
         images = [np.asarray(x, np.float32) for x in batch]
@@ -172,21 +174,26 @@ class Detector:
         if not tiles:
             return []
         flips = self.config.flip_average
-        maps = np.concatenate([anomaly_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])), flips)
+        maps = np.concatenate([output_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])), flips)
                                .cpu().numpy() for i in range(0, len(tiles), TILE_BATCH)]).astype(np.float32)
         out, at = [], 0
         for x, windows in zip(images, owners):
-            out.append(stitch(maps[at:at + len(windows)], windows, x.shape[1], x.shape[2]))
+            own = maps[at:at + len(windows)]
+            stitched = [stitch(own[:, c], windows, x.shape[1], x.shape[2]) for c in range(own.shape[1])]
+            out.append(stitched[0] if len(stitched) == 1 else np.stack(stitched))
             at += len(windows)
         return out
 
     def postprocess(self, maps, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Image scores from the fitted-resolution maps; each map resized to its image's (h, w)."""
+        """Image scores from the fitted-resolution maps (``infer``); each defect map resized to its image's
+        (h, w)."""
         if len(maps) != len(sizes):
             raise ValueError(f"{len(maps)} maps but {len(sizes)} sizes")
-        scores = np.array([image_scores(m, self.filter_size)[0] for m in maps], np.float32)
-        resized = [np.clip(cv2.resize(np.asarray(m, np.float32), (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
-                           0.0, 1.0).astype(np.float32) for m, (h, w) in zip(maps, sizes)]
+        # image_scores reads a (2, H', W') map as two maps: the last is the score head's, or the only one
+        scores = np.array([image_scores(m, self.filter_size)[-1] for m in maps], np.float32)
+        defect = [np.asarray(m, np.float32)[0] if np.ndim(m) == 3 else np.asarray(m, np.float32) for m in maps]
+        resized = [np.clip(cv2.resize(m, (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
+                           0.0, 1.0).astype(np.float32) for m, (h, w) in zip(defect, sizes)]
         return scores, resized
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

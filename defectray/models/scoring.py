@@ -1,5 +1,9 @@
-"""From network output to scores: pixel map = defect probability (softmax channel 1); image score = max of
-the mean-filtered map. The filter is DRAEM's 21x21 at 256 px, scaled to the model resolution."""
+"""From network output to scores: pixel map = defect probability (softmax of the first two channels); image
+score = max of the mean-filtered map. The filter is DRAEM's 21x21 at 256 px, scaled to the model resolution.
+
+A model with a score head (``Config.score_head``) has a third output channel whose sigmoid is a second map
+trained for the image score (the peak loss): the image score is then the max of that map, while the pixel
+map stays the defect probability."""
 
 from __future__ import annotations
 
@@ -19,11 +23,22 @@ def filter_size_for(config: Config) -> int:
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, left-right, up-down, both: dims of a (B, C, H, W) batch
 
 
+def probability_maps(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2 or 3, H, W) logits -> (B, 1 or 2, H, W) float32: the defect probability, then (with a score head)
+    the score head's probability."""
+    logits = logits.float()
+    defect = torch.softmax(logits[:, :2], dim=1)[:, 1:]
+    if logits.shape[1] == 2:
+        return defect
+    return torch.cat([defect, torch.sigmoid(logits[:, 2:3])], dim=1)
+
+
 @torch.no_grad()
-def anomaly_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
-    """(B, H, W) float32 defect probability; the model is put in eval mode. bf16 autocast on CUDA only;
-    channels_last everywhere (faster large-kernel depthwise convs on CPU too). ``flip_average``: the mean
-    of the maps of the 4 flipped batches, each flipped back (one flip at a time: memory as without)."""
+def output_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """(B, K, H, W) float32 ``probability_maps`` of the model (K = 1, or 2 with a score head); the model is put
+    in eval mode. bf16 autocast on CUDA only; channels_last everywhere (faster large-kernel depthwise convs on
+    CPU too). ``flip_average``: the mean of the maps of the 4 flipped batches, each flipped back (one flip at a
+    time: memory as without)."""
     net = getattr(model, "module", model)
     net.eval()
     device = next(net.parameters()).device
@@ -35,10 +50,15 @@ def anomaly_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torc
         x = (batch.flip(dims) if dims else batch).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
             _, logits = net(x)
-        probability = torch.softmax(logits.float(), dim=1)[:, 1]
-        probability = probability.flip([d - 1 for d in dims]) if dims else probability
-        total = probability if total is None else total + probability
+        maps = probability_maps(logits)
+        maps = maps.flip(dims) if dims else maps
+        total = maps if total is None else total + maps
     return total / len(flips)
+
+
+def anomaly_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """(B, H, W) float32 defect probability (the pixel map; see ``output_maps``)."""
+    return output_maps(model, batch, flip_average)[:, 0]
 
 
 def image_scores(maps: torch.Tensor | np.ndarray, filter_size: int) -> np.ndarray:

@@ -75,16 +75,28 @@ class TrainStep:
             recon, logits, feature = self.model(damaged, clean=clean)
         l2 = l2_loss(recon, clean)
         ssim = ssim_loss(recon, clean)
-        focal = focal_loss(logits, target, cfg.focal_gamma)
+        pixel = logits[:, :2]  # (normal, defect); a score head's logit follows
+        focal = focal_loss(pixel, target, cfg.focal_gamma)
         feature = feature.float()
         loss = cfg.l2_weight * l2 + cfg.ssim_weight * ssim + cfg.feature_weight * feature + cfg.focal_weight * focal
         parts = {}
         if cfg.dice_weight:
-            dice = defect_dice_loss(logits, target)
+            dice = defect_dice_loss(pixel, target)
             loss = loss + cfg.dice_weight * dice
             parts["dice"] = dice.item()
+        # The peak loss goes to the score head when there is one (the pixel map keeps the focal + Dice
+        # calibration), else to the defect channel itself.
+        peaked = pixel
+        if cfg.score_head:
+            z = logits[:, 2:3]
+            peaked = torch.cat([torch.zeros_like(z), z], dim=1)  # softmax of (0, z) = sigmoid(z)
+            score = cfg.focal_weight * focal_loss(peaked, target, cfg.focal_gamma)
+            if cfg.dice_weight:
+                score = score + cfg.dice_weight * defect_dice_loss(peaked, target)
+            loss = loss + score
+            parts["score"] = score.item()
         if cfg.peak_weight:
-            peak = image_peak_loss(logits, target)
+            peak = image_peak_loss(peaked, target)
             loss = loss + cfg.peak_weight * peak
             parts["peak"] = peak.item()
         if not torch.isfinite(loss):
