@@ -56,9 +56,10 @@ class Config:
     focal_weight: float = 1.0
     dice_weight: float = 0.0  # per-image Dice on the defect channel: thin defects weigh like big ones (losses.py)
     peak_weight: float = 0.0  # each image's peak defect probability, what the image score reads (losses.py)
-    # A third output channel for the image score: trained like the defect channel plus the peak loss, so the
-    # peak loss shapes the image score without making the pixel map shy (models/scoring.py output_maps)
-    score_head: bool = False
+    # A third output channel for the image score, trained like the defect channel plus the peak loss, so the
+    # peak loss shapes the image score without making the pixel map shy (models/scoring.py output_maps):
+    # "none"; "shared" (its losses train the whole network); "detached" (they train the head's own conv only)
+    score_head: str = "none"
 
     # --- optimisation ---------------------------------------------------------------------------
     batch_size: int = 8

@@ -160,7 +160,7 @@ def test_calibrate_and_save_with_calibration(tmp_path):
 
 
 def test_a_score_head_model_scores_by_its_score_map_and_keeps_the_defect_map(tmp_path):
-    cfg = tiny_config(score_head=True)
+    cfg = tiny_config(score_head="shared")
     path = str(tmp_path / "m.safetensors")
     save_model(path, trained_ish(cfg), cfg)
     det = load_model(path)

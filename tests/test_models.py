@@ -216,7 +216,7 @@ def test_score_head_is_a_second_map_trained_with_the_peak_loss():
     averaging covers both, and a training step puts the peak loss on the score head only."""
     from defectray.models.scoring import output_maps
 
-    cfg = tiny_config(score_head=True, peak_weight=0.1, dice_weight=0.1)
+    cfg = tiny_config(score_head="shared", peak_weight=0.1, dice_weight=0.1)
     torch.manual_seed(0)
     model = build_model(cfg, feature_extractor=False).eval()
     x = torch.rand(2, 1, 32, 32)
@@ -246,6 +246,23 @@ def test_score_head_is_a_second_map_trained_with_the_peak_loss():
     z_after = logits_after[:, 2:3]
     torch.testing.assert_close(image_peak_loss(torch.cat([torch.zeros_like(z_after), z_after], 1),
                                                (target > 0.5).long()), expected)
+
+
+def test_a_detached_score_head_trains_only_its_own_conv():
+    torch.manual_seed(0)
+    shared = build_model(tiny_config(score_head="shared"), feature_extractor=False)
+    detached = build_model(tiny_config(score_head="detached"), feature_extractor=False)
+    detached.load_state_dict(shared.state_dict())  # same parameters, same forward values
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(shared.eval()(x)[1], detached.eval()(x)[1])
+    detached.train()
+    detached(x)[1][:, 2].sum().backward()  # a loss on the score channel alone
+    head = detached.prediction.head
+    assert head.weight.grad[2].abs().sum() > 0 and head.weight.grad[:2].abs().sum() == 0
+    trunk = [p for n, p in detached.named_parameters() if not n.startswith("prediction.head")]
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in trunk)
+    with pytest.raises(ValueError, match="score_head"):
+        build_model(tiny_config(score_head="yes"))
 
 
 def test_defect_dice_loss_weighs_every_defect_alike():

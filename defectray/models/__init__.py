@@ -18,6 +18,9 @@ from defectray.models.prediction import DefectPredictionNet
 from defectray.models.reconstruction import ReconstructionNet
 
 
+SCORE_HEADS = ("none", "shared", "detached")
+
+
 class DefectModel(nn.Module):
     """reconstruction -> prediction over concat(image, reconstruction); optional feature extractor."""
 
@@ -52,9 +55,12 @@ def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     """The model ``config`` describes. ``feature_extractor=False`` leaves the extractor out (inference)."""
     reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
                                        config.upsample)
-    outputs = 3 if config.score_head else 2  # (normal, defect) logits, then the score head's logit
+    if config.score_head not in SCORE_HEADS:
+        raise ValueError(f"score_head must be one of {', '.join(SCORE_HEADS)}, not {config.score_head!r}")
+    outputs = 2 if config.score_head == "none" else 3  # (normal, defect) logits, then the score head's logit
     prediction = DefectPredictionNet(2 * config.channels, outputs, config.seg_base_width, config.seg_depth,
-                                     config.large_kernel, config.kernel_sizes, config.image_size, config.upsample)
+                                     config.large_kernel, config.kernel_sizes, config.image_size, config.upsample,
+                                     detach_last=config.score_head == "detached")
     extractor = (build_feature_extractor(config.feature_extractor, reconstruction, config.channels,
                                          config.feature_weights) if feature_extractor else None)
     # channels_last from the start, so a model wrapped by DDP before TrainStep sees it is laid out for the

@@ -44,7 +44,7 @@ def level_kernel_sizes(kernel_sizes: list[int], image_size: int, depth: int) -> 
 class DefectPredictionNet(nn.Module):
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_width: int = 64, depth: int = 6,
                  large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256,
-                 upsample: str = "resize-conv"):
+                 upsample: str = "resize-conv", detach_last: bool = False):
         super().__init__()
         if depth < 1:
             raise ValueError("seg_depth must be >= 1")
@@ -63,6 +63,8 @@ class DefectPredictionNet(nn.Module):
         self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in range(depth - 1))
         self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
         self.upsample = check_upsample(upsample)
+        # The last output channel sees the features but sends no gradient into them (a detached score head)
+        self.detach_last = detach_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -74,7 +76,11 @@ class DefectPredictionNet(nn.Module):
         for i in reversed(range(len(self.up))):
             x = upsample_stage(x, self.up[i], skips[i].shape[-2:], self.upsample)
             x = self.decoder[i](torch.cat([x, skips[i]], dim=1))
-        return self.head(x)
+        if not self.detach_last:
+            return self.head(x)
+        w, b = self.head.weight, self.head.bias
+        return torch.cat([F.conv2d(x, w[:-1], b[:-1], padding=1),
+                          F.conv2d(x.detach(), w[-1:], b[-1:], padding=1)], dim=1)
 
     def reparameterize(self) -> "DefectPredictionNet":
         """Fuse every large-kernel conv's two branches into one conv (inference form; call in eval mode)."""

@@ -87,7 +87,7 @@ class TrainStep:
         # The peak loss goes to the score head when there is one (the pixel map keeps the focal + Dice
         # calibration), else to the defect channel itself.
         peaked = pixel
-        if cfg.score_head:
+        if cfg.score_head != "none":
             z = logits[:, 2:3]
             peaked = torch.cat([torch.zeros_like(z), z], dim=1)  # softmax of (0, z) = sigmoid(z)
             score = cfg.focal_weight * focal_loss(peaked, target, cfg.focal_gamma)
