@@ -1,0 +1,146 @@
+"""Where a cpu-small training step goes on CPU, and what the two cheaper forms of its costliest ops buy.
+
+    python benchmarks/step_ops.py [--rounds 5] [--threads 2]
+
+Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load spikes hit both sides alike:
+
+1. the large-kernel depthwise conv (forward + backward) at the shapes cpu-small trains: torch's conv2d
+   backward against ``layers.depthwise_conv2d`` (FFT weight gradient, flipped-kernel input gradient);
+2. SSIM loss + backward: a direct 11x11 Gaussian window (the earlier form, kept here as the baseline)
+   against the separable form in ``losses.ssim``;
+3. the whole cpu-small TrainStep with both earlier forms against both current ones;
+4. the whole TrainStep of cpu-small variants that change the architecture or the losses (``--variants``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from models import interleaved  # noqa: E402
+
+from defectray.config import get_config  # noqa: E402
+from defectray.models import layers, losses, train_step  # noqa: E402
+
+
+def ssim_loss_direct(recon: torch.Tensor, clean: torch.Tensor, window_size: int = 11, sigma: float = 1.5):
+    """The earlier SSIM loss: five separate blurs with the full 11x11 window."""
+    a, b = recon.float(), clean.float()
+    c = a.shape[1]
+    x = torch.arange(window_size, dtype=a.dtype) - window_size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :]).expand(c, 1, window_size, window_size).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, w, padding=window_size // 2, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return 1.0 - s.mean()
+
+
+def depthwise_rows(rounds: int) -> list[dict]:
+    rows = []
+    # cpu-small at 128 px, batch 16: 15x15 on 32 channels at 64 px, 13x13 on 64 channels at 32 px
+    for batch, channels, size, k in [(16, 32, 64, 15), (16, 64, 32, 13)]:
+        x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.randn(channels, 1, k, k, requires_grad=True)
+        grad = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+
+        def plain():
+            F.conv2d(x, w, padding=k // 2, groups=channels).backward(grad)
+
+        def ours():
+            layers.depthwise_conv2d(x, w, k // 2).backward(grad)
+
+        sec = interleaved({"plain": plain, "ours": ours}, 1, rounds)
+        rows.append({"shape": [batch, channels, size, size], "kernel": k, "conv2d_ms": 1e3 * sec["plain"],
+                     "depthwise_conv2d_ms": 1e3 * sec["ours"], "speedup": sec["plain"] / sec["ours"]})
+    return rows
+
+
+def ssim_row(rounds: int) -> dict:
+    a = torch.rand(16, 1, 128, 128).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.rand(16, 1, 128, 128)
+    sec = interleaved({"direct": lambda: ssim_loss_direct(a, b).backward(),
+                       "separable": lambda: losses.ssim_loss(a, b).backward()}, 1, rounds)
+    diff = abs(ssim_loss_direct(a, b).item() - losses.ssim_loss(a, b).item())
+    return {"direct_ms": 1e3 * sec["direct"], "separable_ms": 1e3 * sec["separable"],
+            "speedup": sec["direct"] / sec["separable"], "abs_diff": diff}
+
+
+# The session-12 cpu-small network (before conv-resize, width 8 and batch 8), at batch 16 like the tables in
+# BENCHMARKS.md.
+SESSION12 = {"upsample": "resize-conv", "recon_base_width": 16, "batch_size": 16}
+
+
+def step_row(rounds: int) -> dict:
+    cfg = get_config("cpu-small", **SESSION12)  # the network the earlier forms were measured on
+    s, n = cfg.image_size, cfg.batch_size
+    data = (torch.rand(n, 1, s, s), torch.rand(n, 1, s, s), (torch.rand(n, s, s) > 0.97).float())
+    before, after = train_step.TrainStep(cfg), train_step.TrainStep(cfg)
+    fast_ssim, fft_from = train_step.ssim_loss, layers.FFT_GRAD_MIN_KERNEL
+
+    def earlier():
+        train_step.ssim_loss, layers.FFT_GRAD_MIN_KERNEL = ssim_loss_direct, 10**9
+        try:
+            before(*data)
+        finally:
+            train_step.ssim_loss, layers.FFT_GRAD_MIN_KERNEL = fast_ssim, fft_from
+
+    sec = interleaved({"earlier": earlier, "now": lambda: after(*data)}, 1, rounds)
+    return {"earlier_s": sec["earlier"], "now_s": sec["now"], "speedup": sec["earlier"] / sec["now"],
+            "samples_s_now": n / sec["now"]}
+
+
+# Each variant changes one thing of SESSION12, then all three, then today's cpu-small.
+VARIANTS = {
+    "session 12 network, batch 16": SESSION12,
+    "upsample=conv-resize": {**SESSION12, "upsample": "conv-resize"},
+    "recon_base_width=8": {**SESSION12, "recon_base_width": 8},
+    "feature_extractor=none": {**SESSION12, "feature_extractor": "none"},
+    "all three": {**SESSION12, "upsample": "conv-resize", "recon_base_width": 8, "feature_extractor": "none"},
+    "cpu-small (conv-resize, width 8, batch 8)": {},
+    "cpu-small, large_kernel=false": {"large_kernel": False},
+}
+
+
+def variant_rows(rounds: int) -> list[dict]:
+    fns, sizes = {}, {}
+    for name, overrides in VARIANTS.items():
+        cfg = get_config("cpu-small", **overrides)
+        s, n = cfg.image_size, cfg.batch_size
+        data = (torch.rand(n, 1, s, s), torch.rand(n, 1, s, s), (torch.rand(n, s, s) > 0.97).float())
+        fns[name] = (lambda st, d: (lambda: st(*d)))(train_step.TrainStep(cfg), data)
+        sizes[name] = n
+    sec = interleaved(fns, 1, rounds)
+    return [{"variant": k, "overrides": VARIANTS[k], "ms_per_step": 1e3 * sec[k], "samples_s": sizes[k] / sec[k]}
+            for k in VARIANTS]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", action="store_true", help="also time the cpu-small variants (4.)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"depthwise": depthwise_rows(args.rounds), "ssim": ssim_row(args.rounds),
+              "train_step": step_row(args.rounds)}
+    if args.variants:
+        result["variants"] = variant_rows(args.rounds)
+    print(json.dumps({**result, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "load_average": os.getloadavg()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
