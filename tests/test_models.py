@@ -13,10 +13,10 @@ from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
 from defectray.models.layers import ReparamLargeKernelConv, depthwise_conv2d
 from defectray.models.losses import (defect_dice_loss, feature_consistency_loss, focal_loss, image_peak_loss, ssim,
-                                     ssim_loss)
+                                     ssim_loss, two_class_logits)
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
-from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores
+from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores, output_maps
 from defectray.models.train_step import TrainStep, budget_progress
 
 torch.set_num_threads(2)
@@ -214,8 +214,6 @@ def test_image_peak_loss_reads_the_peaks_an_image_score_reads():
 def test_score_head_is_a_second_map_trained_with_the_peak_loss():
     """With score_head the network has a third output; output_maps gives (defect, score) probabilities, flip
     averaging covers both, and a training step puts the peak loss on the score head only."""
-    from defectray.models.scoring import output_maps
-
     cfg = tiny_config(score_head="shared", peak_weight=0.1, dice_weight=0.1)
     torch.manual_seed(0)
     model = build_model(cfg, feature_extractor=False).eval()
@@ -234,18 +232,14 @@ def test_score_head_is_a_second_map_trained_with_the_peak_loss():
     losses = step(images, images, target)
     assert {"score", "peak", "dice", "focal"} <= set(losses)
     # the peak loss reads the score head: zeroing the defect channel's last conv changes nothing in it
-    from defectray.models.losses import image_peak_loss
-
     net = step.net.eval()
     _, logits = net(images)
-    z = logits[:, 2:3]
-    expected = image_peak_loss(torch.cat([torch.zeros_like(z), z], dim=1), (target > 0.5).long())
+    expected = image_peak_loss(two_class_logits(logits[:, 2:3]), (target > 0.5).long())
     with torch.no_grad():
         net.prediction.head.weight[:2] = 0
     _, logits_after = net(images)
-    z_after = logits_after[:, 2:3]
-    torch.testing.assert_close(image_peak_loss(torch.cat([torch.zeros_like(z_after), z_after], 1),
-                                               (target > 0.5).long()), expected)
+    torch.testing.assert_close(image_peak_loss(two_class_logits(logits_after[:, 2:3]), (target > 0.5).long()),
+                               expected)
 
 
 def test_a_detached_score_head_trains_only_its_own_conv():

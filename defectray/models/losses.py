@@ -1,8 +1,7 @@
 """Training losses: L2 + SSIM and deep-feature consistency for the reconstruction, focal loss for the mask.
 
 Weights (config): l2_weight=1.0, ssim_weight=0.8, feature_weight=0.2, focal_weight=1.0 (dice_weight=0,
-peak_weight=0). The paper's
-lambda = 1, 0.8, 0.2 are read as L2, SSIM, feature consistency: L2 anchors the pixel values, SSIM (whose
+peak_weight=0). The paper's lambda = 1, 0.8, 0.2 are read as L2, SSIM, feature consistency: L2 anchors the pixel values, SSIM (whose
 raw value, 1 - SSIM, is ~10x larger than L2 on [0, 1] images) shapes local structure, and the feature term
 is an auxiliary regulariser, so it gets the smallest weight. The focal loss keeps DRAEM's weight 1.
 All losses are computed in float32, also under bf16 autocast.
@@ -107,3 +106,9 @@ def image_peak_loss(logits: torch.Tensor, target: torch.Tensor, top_k: int = 8, 
     best_hit = log_p[:, 1].masked_fill(defect[:, 0] == 0, -1e4).flatten(1).amax(1)
     miss = -best_hit.clamp(min=-1e3) * has_defect
     return false_alarm.sum() / b + miss.sum() / has_defect.sum().clamp(min=1.0)
+
+
+def two_class_logits(z: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) logit of a sigmoid output -> (B, 2, H, W) logits whose softmax is (1 - sigmoid(z),
+    sigmoid(z)): the form the two-class losses above take (a score head's channel, models/train_step.py)."""
+    return torch.cat([torch.zeros_like(z), z], dim=1)

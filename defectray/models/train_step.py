@@ -15,7 +15,8 @@ from torch import nn
 from defectray.config import Config
 from defectray.models import build_model
 from defectray.models.features import CopiedEncoder
-from defectray.models.losses import defect_dice_loss, focal_loss, image_peak_loss, l2_loss, ssim_loss
+from defectray.models.losses import (defect_dice_loss, focal_loss, image_peak_loss, l2_loss, ssim_loss,
+                                     two_class_logits)
 
 
 def lr_at(config: Config, progress: float) -> float:
@@ -88,8 +89,7 @@ class TrainStep:
         # calibration), else to the defect channel itself.
         peaked = pixel
         if cfg.score_head != "none":
-            z = logits[:, 2:3]
-            peaked = torch.cat([torch.zeros_like(z), z], dim=1)  # softmax of (0, z) = sigmoid(z)
+            peaked = two_class_logits(logits[:, 2:3])
             score = cfg.focal_weight * focal_loss(peaked, target, cfg.focal_gamma)
             if cfg.dice_weight:
                 score = score + cfg.dice_weight * defect_dice_loss(peaked, target)
