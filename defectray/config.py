@@ -115,7 +115,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # The budget is wall time, so a cheaper step is more training. Session 13 (BENCHMARKS.md, a box half as
         # fast as earlier ones): the decoders' up-convs a level down ("conv-resize") and a reconstruction
         # net of width 8 make a step 1.7 s -> 1.1 s; batch 8 then doubles the steps again (897 -> 1,652 in
-        # 20 min): pixel AUROC 0.898 -> 0.918-0.953 over 4 runs; image AUROC 0.893 -> 0.876-0.908 (within the
+        # 20 min): pixel AUROC 0.898 -> 0.918-0.953 over 5 runs; image AUROC 0.893 -> 0.876-0.912 (within the
         # ±0.04 between seeds). An opt-in score head (score_head) traded pixel AUROC for image AUROC: not kept.
         "upsample": "conv-resize",
         "recon_base_width": 8,
