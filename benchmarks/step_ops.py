@@ -15,6 +15,7 @@ Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -83,10 +84,15 @@ def ssim_row(rounds: int) -> dict:
 SESSION12 = {"upsample": "resize-conv", "recon_base_width": 16, "batch_size": 16}
 
 
+def random_batch(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(damaged, clean, mask) of the config's batch size and resolution, 3 % of the mask set."""
+    s, n = cfg.image_size, cfg.batch_size
+    return torch.rand(n, 1, s, s), torch.rand(n, 1, s, s), (torch.rand(n, s, s) > 0.97).float()
+
+
 def step_row(rounds: int) -> dict:
     cfg = get_config("cpu-small", **SESSION12)  # the network the earlier forms were measured on
-    s, n = cfg.image_size, cfg.batch_size
-    data = (torch.rand(n, 1, s, s), torch.rand(n, 1, s, s), (torch.rand(n, s, s) > 0.97).float())
+    data, n = random_batch(cfg), cfg.batch_size
     before, after = train_step.TrainStep(cfg), train_step.TrainStep(cfg)
     fast_ssim, fft_from = train_step.ssim_loss, layers.FFT_GRAD_MIN_KERNEL
 
@@ -118,10 +124,8 @@ def variant_rows(rounds: int) -> list[dict]:
     fns, sizes = {}, {}
     for name, overrides in VARIANTS.items():
         cfg = get_config("cpu-small", **overrides)
-        s, n = cfg.image_size, cfg.batch_size
-        data = (torch.rand(n, 1, s, s), torch.rand(n, 1, s, s), (torch.rand(n, s, s) > 0.97).float())
-        fns[name] = (lambda st, d: (lambda: st(*d)))(train_step.TrainStep(cfg), data)
-        sizes[name] = n
+        fns[name] = functools.partial(train_step.TrainStep(cfg), *random_batch(cfg))
+        sizes[name] = cfg.batch_size
     sec = interleaved(fns, 1, rounds)
     return [{"variant": k, "overrides": VARIANTS[k], "ms_per_step": 1e3 * sec[k], "samples_s": sizes[k] / sec[k]}
             for k in VARIANTS]
