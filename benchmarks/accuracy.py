@@ -66,7 +66,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
-            views = np.stack([training_view(fitted[i], cfg.image_size, rng)[0] for i in idx])
+            views = np.stack([training_view(fitted[i], cfg.train_crop or cfg.image_size, rng)[0] for i in idx])
             damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
                                                      cfg.rotate_prob)
             from defectray.models import images_to_tensor

@@ -211,7 +211,7 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
         if e not in orders:
             orders[e] = epoch_order(seed, e, n)
         index[i] = orders[e][p % n]
-    size = config.image_size
+    size = config.train_crop or config.image_size
     shape = (size, size) if config.channels == 1 else (size, size, config.channels)
     images = np.empty((len(index), *shape), np.uint8)
     crop = np.zeros((len(index), 2), np.int32)
@@ -257,7 +257,8 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     # Blocks: small enough that the first batches reach the trainer after one block's work (not one epoch's)
     # and a block's output stays ~64 MiB; few enough (~500) that Ray Data's scheduling loop, whose cost grows
     # with the blocks queued, stays cheap (BENCHMARKS.md "Training pipeline").
-    row_bytes = config.image_size**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
+    view = config.train_crop or config.image_size
+    row_bytes = view**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
     rows_per_block = max(4 * config.batch_size, min(math.ceil(total / 500), BLOCK_BYTES // row_bytes))
     paths_box = [ray.put(list(train_paths))]
     sources_box = [ray.put(sources)]
@@ -607,6 +608,8 @@ def train(
     deadline = time.time() + config.max_minutes * 60 if config.max_minutes else None
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if config.train_crop is not None and not 0 < config.train_crop <= config.image_size:
+        raise ValueError(f"train_crop must be in 1..image_size ({config.image_size}), not {config.train_crop}")
     # Ray workers run in their own working directory: a relative local path must mean the caller's.
     data, out = _absolute(data), _absolute(out)
     validation = _absolute(validation) if validation else validation

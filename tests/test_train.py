@@ -62,6 +62,33 @@ def test_a_region_of_interest_follows_each_training_view():
         assert out["mask"][i].sum() > 0 and out["mask"][i][:, 16:].sum() == 0
 
 
+def test_train_crop_sets_the_view_size_not_the_scale(tmp_path):
+    """train_crop: smaller square views of the same fitted image (defects keep their scale); each view is a
+    crop of that image at the position read_stage reports."""
+    import cv2
+
+    from defectray.models.tiling import fit_image
+    from defectray.train import read_stage
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (48, 80), dtype=np.uint8))
+        paths.append(str(path))
+    cfg = tiny_config(train_crop=24)
+    out = read_stage({"id": np.arange(6)}, paths=[paths], rows_per_epoch=3, seed=0, config=cfg)
+    assert out["image"].shape == (6, 24, 24)
+    for view, k, (y, x) in zip(out["image"], out["index"], out["crop"]):
+        fitted = fit_image(io.load_image(paths[k]), 32, 1, "tiles")
+        assert fitted.shape == (32, 53) and np.array_equal(view, fitted[y:y + 24, x:x + 24])
+    assert len({tuple(c) for c in out["crop"].tolist()}) > 1
+    full = read_stage({"id": np.arange(3)}, paths=[paths], rows_per_epoch=3, seed=0, config=tiny_config())
+    assert full["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="train_crop"):
+        train(tiny_config(train_crop=64), str(tmp_path), str(tmp_path / "out"))
+
+
 def test_epoch_order_is_a_fresh_seeded_permutation():
     a0, a1 = epoch_order(0, 0, 50), epoch_order(0, 1, 50)
     assert sorted(a0.tolist()) == list(range(50))
