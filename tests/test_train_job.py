@@ -25,10 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are picked (one at a time, the OS handed the
+    same just-released port to two of Ray's components once, and `ray start` refused to start)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _process_tree(marker: str) -> set[int]:
@@ -71,12 +78,12 @@ def ray_head():
     if not sys.platform.startswith("linux"):
         pytest.skip("the head is stopped through /proc")
     temp_dir = tempfile.mkdtemp(prefix="drtj", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    dashboard = _free_port()
+    gcs, dashboard, client, agent = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", PYTHONWARNINGS="ignore")
-    cmd = RAY + ["start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    cmd = RAY + ["start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-                 f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+                 f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
                  "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
