@@ -49,7 +49,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     from defectray.models.modelfile import calibrate, save_model
     from defectray.models.train_step import TrainStep, budget_progress
     from defectray.synthesis import synthesize_batch
-    from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for, training_view
+    from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for, training_view, view_size
 
     torch.set_num_threads(threads)
     train_paths, held_out = split_holdout(io.training_images(data), cfg.val_fraction, cfg.seed)
@@ -57,6 +57,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     sources = build_sources(cfg, train_paths)
     steps_per_epoch = steps_per_epoch_for(len(train_paths), cfg.batch_size)
     step = TrainStep(cfg, device=device)
+    size = view_size(cfg)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
     started = time.time()
     epoch = 0
@@ -66,7 +67,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
-            views = np.stack([training_view(fitted[i], cfg.train_crop or cfg.image_size, rng)[0] for i in idx])
+            views = np.stack([training_view(fitted[i], size, rng)[0] for i in idx])
             damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
                                                      cfg.rotate_prob)
             from defectray.models import images_to_tensor

@@ -115,6 +115,14 @@ def load_fitted(path: str, config: Config) -> np.ndarray:
         raise BadTrainingImage(f"{path}: {e}") from None
 
 
+def view_size(config: Config) -> int:
+    """The side of the square training views: ``train_crop``, or ``image_size`` when it is None."""
+    size = config.image_size if config.train_crop is None else config.train_crop
+    if not 0 < size <= config.image_size:
+        raise ValueError(f"train_crop must be in 1..image_size ({config.image_size}), not {config.train_crop}")
+    return size
+
+
 def training_view(fitted: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
     """The square a training sample sees: a random ``size`` crop of the fitted image, and where it was."""
     h, w = fitted.shape[:2]
@@ -211,7 +219,7 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
         if e not in orders:
             orders[e] = epoch_order(seed, e, n)
         index[i] = orders[e][p % n]
-    size = config.train_crop or config.image_size
+    size = view_size(config)
     shape = (size, size) if config.channels == 1 else (size, size, config.channels)
     images = np.empty((len(index), *shape), np.uint8)
     crop = np.zeros((len(index), 2), np.int32)
@@ -257,8 +265,7 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     # Blocks: small enough that the first batches reach the trainer after one block's work (not one epoch's)
     # and a block's output stays ~64 MiB; few enough (~500) that Ray Data's scheduling loop, whose cost grows
     # with the blocks queued, stays cheap (BENCHMARKS.md "Training pipeline").
-    view = config.train_crop or config.image_size
-    row_bytes = view**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
+    row_bytes = view_size(config)**2 * (2 * config.channels + 4)  # damaged + clean uint8, float32 mask
     rows_per_block = max(4 * config.batch_size, min(math.ceil(total / 500), BLOCK_BYTES // row_bytes))
     paths_box = [ray.put(list(train_paths))]
     sources_box = [ray.put(sources)]
@@ -608,8 +615,7 @@ def train(
     deadline = time.time() + config.max_minutes * 60 if config.max_minutes else None
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    if config.train_crop is not None and not 0 < config.train_crop <= config.image_size:
-        raise ValueError(f"train_crop must be in 1..image_size ({config.image_size}), not {config.train_crop}")
+    view_size(config)  # a bad train_crop fails here, not in the data tasks
     # Ray workers run in their own working directory: a relative local path must mean the caller's.
     data, out = _absolute(data), _absolute(out)
     validation = _absolute(validation) if validation else validation

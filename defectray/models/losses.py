@@ -3,7 +3,8 @@
 Weights (config): l2_weight=1.0, ssim_weight=0.8, feature_weight=0.2, focal_weight=1.0 (dice_weight=0,
 peak_weight=0). The paper's lambda = 1, 0.8, 0.2 are read as L2, SSIM, feature consistency: L2 anchors the
 pixel values, SSIM (whose raw value, 1 - SSIM, is ~10x larger than L2 on [0, 1] images) shapes local
-structure, and the feature term is an auxiliary regulariser, so it gets the smallest weight. The focal loss keeps DRAEM's weight 1.
+structure, and the feature term is an auxiliary regulariser, so it gets the smallest weight. The focal loss
+keeps DRAEM's weight 1.
 All losses are computed in float32, also under bf16 autocast.
 """
 
