@@ -24,6 +24,8 @@ class Config:
     # cost less per sample while defects keep their scale (inference still runs image_size tiles). cpu-small
     # at 96 (BENCHMARKS.md, session 16): 1.6x the steps in 20 min, crack image AUROC 0.95-0.97 over two seeds
     # (0.77-0.91 at 128), breaks lower (0.83-0.86 vs 0.87-0.93); overall level, so opt-in.
+    # Views narrower than the fitted short side rarely touch the image border that every inference tile has:
+    # at image_size=160 with 128 views the maps peaked there, image AUROC 0.852 (BENCHMARKS.md, session 18).
     train_crop: int | None = None
     auto_levels: bool = False  # stretch each image's 1-99 % grey-level quantiles to 0..255 (tiling.stretch_levels)
     channels: int = 3  # 1 = grayscale model, 3 = RGB model; inputs are converted to this
