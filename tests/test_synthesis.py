@@ -401,6 +401,18 @@ def test_synthesize_batch_rotation_and_rgb():
     assert all(m.any() for m in masks) and damaged.shape == square.shape
 
 
+def test_synthesize_batch_roi_turns_with_the_image():
+    # ROI: the left half. A non-square image is turned by half a turn, so its ROI is now the right half,
+    # where every defect must land (before the fix they landed on the left, outside the part).
+    image = np.full((1, 32, 48), 128, np.uint8)
+    roi = np.zeros((32, 48), bool)
+    roi[:, :24] = True
+    for seed in range(12):
+        _, clean, masks = synthesize_batch(image, "realistic", np.random.default_rng(seed),
+                                           SynthesisSources(foreground=roi), 1.0, 1.0)
+        assert masks[0].any() and not masks[0][:, :24].any(), seed
+
+
 def test_synthesize_batch_deterministic_and_channel_dim_one():
     rng = np.random.default_rng(15)
     images = np.stack([tile_image(rng, 30, 30) for _ in range(5)])[..., None]  # (B, H, W, 1)

@@ -9,6 +9,8 @@ by name so training picks one by config. Pure numpy/OpenCV: no Ray, no torch nee
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from defectray.synthesis.banks import load_bank
@@ -35,17 +37,15 @@ __all__ = [
     "perlin_mask",
     "perlin_noise",
     "register",
-    "rotate_clean",
     "synthesize_batch",
 ]
 
 
-def rotate_clean(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """DRAEM's training-image rotation without resampling: k·90° (k in 1..3) for square images, 180° for
-    non-square ones (a quarter turn would change the shape)."""
+def _rotation_turns(image: np.ndarray, rng: np.random.Generator) -> int:
+    """DRAEM's training-image rotation without resampling: k quarter turns (k in 1..3) for square images, a
+    half turn for non-square ones (a quarter turn would change the shape)."""
     h, w = image.shape[:2]
-    k = int(rng.integers(1, 4)) if h == w else 2
-    return np.ascontiguousarray(np.rot90(image, k))
+    return int(rng.integers(1, 4)) if h == w else 2
 
 
 def synthesize_batch(
@@ -58,8 +58,9 @@ def synthesize_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 (B, H, W) or (B, H, W, C) -> (damaged, clean, masks float32 (B, H, W)).
 
-    Each clean image is first rotated with probability ``rotate_prob``; then with probability
-    ``anomaly_prob`` a defect is painted on it, else damaged == clean and the mask is all zero."""
+    Each clean image is first rotated with probability ``rotate_prob`` (an ROI mask in
+    ``sources.foreground`` turns with it); then with probability ``anomaly_prob`` a defect is painted on it,
+    else damaged == clean and the mask is all zero."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(f"expected uint8 images (B, H, W) or (B, H, W, C), got {images.dtype} {images.shape}")
@@ -67,12 +68,17 @@ def synthesize_batch(
     clean = images.copy()
     damaged = images.copy()
     masks = np.zeros(images.shape[:3], np.float32)
+    roi = sources.foreground if isinstance(sources.foreground, np.ndarray) else None
     for i in range(len(images)):
+        row_sources = sources
         if rng.random() < rotate_prob:
-            clean[i] = rotate_clean(images[i], rng)
+            turns = _rotation_turns(images[i], rng)
+            clean[i] = np.rot90(images[i], turns)
+            if roi is not None:  # else defects land where the ROI was before the turn
+                row_sources = dataclasses.replace(sources, foreground=np.ascontiguousarray(np.rot90(roi, turns)))
         if rng.random() < anomaly_prob:
             image = clean[i][..., 0] if clean.ndim == 4 and clean.shape[3] == 1 else clean[i]
-            out, mask = synthesize(image, rng, sources)
+            out, mask = synthesize(image, rng, row_sources)
             damaged[i] = out.reshape(damaged[i].shape)
             masks[i] = mask
         else:
