@@ -408,8 +408,8 @@ def test_synthesize_batch_roi_turns_with_the_image():
     roi = np.zeros((32, 48), bool)
     roi[:, :24] = True
     for seed in range(12):
-        _, clean, masks = synthesize_batch(image, "realistic", np.random.default_rng(seed),
-                                           SynthesisSources(foreground=roi), 1.0, 1.0)
+        _, _, masks = synthesize_batch(image, "realistic", np.random.default_rng(seed),
+                                       SynthesisSources(foreground=roi), 1.0, 1.0)
         assert masks[0].any() and not masks[0][:, :24].any(), seed
 
 
