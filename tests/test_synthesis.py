@@ -288,6 +288,40 @@ def test_textured_surface_foreground_is_whole_frame():
     assert foreground_mask(data.gravel(), "otsu").all()
 
 
+def part_with_dark_corners(rng: np.random.Generator, h: int = 120, w: int = 90) -> tuple[np.ndarray, np.ndarray]:
+    """A frame-filling part photographed close up: dark background wedges at two corners (as magnetic tiles'
+    rounded corners show), and the wedges' mask."""
+    image = tile_image(rng, h, w)
+    wedges = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(wedges, [np.array([[0, 0], [14, 0], [0, 18]], np.int32)], 1)
+    cv2.fillPoly(wedges, [np.array([[w - 1, h - 1], [w - 16, h - 1], [w - 1, h - 12]], np.int32)], 1)
+    image[wedges > 0] = rng.integers(5, 20, int(wedges.sum()))
+    return image, wedges.astype(bool)
+
+
+def test_dark_background_at_a_frame_filling_parts_corners_is_not_foreground():
+    rng = np.random.default_rng(11)
+    image, wedges = part_with_dark_corners(rng)
+    fg = foreground_mask(image, "otsu")
+    assert not fg[wedges].any()  # the wedges are background
+    assert fg.mean() > 0.9  # the part is not
+    # The same part under another exposure: the rule is relative to the surface, not a grey level.
+    assert not foreground_mask((image * 0.4).astype(np.uint8), "otsu")[wedges].any()
+    # A dark spot inside the part (a pit, a stain) is surface, not background: it does not touch the border.
+    spotted = image.copy()
+    cv2.circle(spotted, (45, 60), 6, 8, -1)
+    assert foreground_mask(spotted, "otsu")[54:67, 39:52].all()
+
+
+def test_realistic_defects_stay_off_the_background_at_a_parts_corners():
+    rng = np.random.default_rng(12)
+    image, wedges = part_with_dark_corners(rng)
+    sources = SynthesisSources(normal_images=[part_with_dark_corners(rng)[0]])
+    for _ in range(40):  # every shape, chips cut into the part's edge included
+        damaged, mask = get_synthesizer("realistic")(image, rng, sources)
+        assert mask.any() and not mask[wedges].any() and (damaged[wedges] == image[wedges]).all()
+
+
 def test_foreground_modes():
     image = np.zeros((10, 20), np.uint8)
     assert foreground_mask(image, "full").all()

@@ -1,6 +1,7 @@
 """The paper's realistic synthetic anomalies (Peng et al., Sensors 2024), the default for training.
 
-- Where: on the foreground only (Otsu object mask, a user ROI, or the whole frame for flat surfaces).
+- Where: on the foreground only (Otsu object mask, a user ROI, or the whole frame for flat surfaces, less any
+  dark background showing at its border).
 - What: appearance from a bank of real image content (other normal images, the user's defect crops,
   textures), under a random affine transform and colour/brightness enhancement.
 - How: random linear interpolation with the original, so some of the surface shows through.
