@@ -83,8 +83,6 @@ def _dark_border_background(gray: np.ndarray) -> np.ndarray:
         return np.zeros(gray.shape, bool)
     touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     background = np.isin(labels, touching[touching > 0])
-    if not background.any():
-        return background
     background = cv2.dilate(background.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     return background if background.mean() <= MAX_BACKGROUND else np.zeros(gray.shape, bool)
 
