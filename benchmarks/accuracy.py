@@ -43,6 +43,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> tuple[str, int]:
     """Single-process twin of defectray.train.train: same hold-out split, sources, synthesis and schedule."""
+    from dataclasses import replace
+
     import torch
 
     from defectray import io
@@ -67,9 +69,18 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
-            views = np.stack([training_view(fitted[i], size, rng)[0] for i in idx])
-            damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
-                                                     cfg.rotate_prob)
+            picked = [training_view(fitted[i], size, rng) for i in idx]
+            views = np.stack([v for v, _, _ in picked])
+            if isinstance(sources.foreground, np.ndarray):
+                # A region of interest covers the fitted image: each view gets its own window of it, as in
+                # defectray.train.synthesis_stage.
+                rows = [synthesize_batch(v[None], cfg.synthesis, rng,
+                                         replace(sources, foreground=sources.foreground[y:y + size, x:x + size]),
+                                         cfg.anomaly_prob, cfg.rotate_prob) for v, y, x in picked]
+                damaged, clean, masks = (np.concatenate(parts) for parts in zip(*rows))
+            else:
+                damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
+                                                         cfg.rotate_prob)
             from defectray.models import images_to_tensor
 
             losses = step(images_to_tensor(damaged), images_to_tensor(clean), torch.from_numpy(masks))

@@ -51,16 +51,19 @@ def _otsu_foreground_small(image: np.ndarray) -> np.ndarray:
     total_var = float(small.var())
     if total_var < 1.0:
         return np.ones((h, w), bool)
-    full = ~_dark_border_background(small)
+
+    def whole_frame() -> np.ndarray:  # only when Otsu finds no object: it costs more than the split
+        return ~_dark_border_background(small)
+
     threshold, binary = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     high = binary.astype(bool)
     p_high = high.mean()
     if p_high in (0.0, 1.0):
-        return full
+        return whole_frame()
     mean_high, mean_low = small[high].mean(), small[~high].mean()
     between_var = p_high * (1 - p_high) * (mean_high - mean_low) ** 2
     if between_var / total_var < MIN_SEPARATION:
-        return full
+        return whole_frame()
     border = np.concatenate([high[0], high[-1], high[:, 0], high[:, -1]])
     fg = ~high if border.mean() > 0.5 else high
     k = max(3, (min(h, w) // 32) | 1)
@@ -68,7 +71,7 @@ def _otsu_foreground_small(image: np.ndarray) -> np.ndarray:
     fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel).astype(bool)
     if not MIN_FOREGROUND <= fg.mean() <= 0.98:
-        return full
+        return whole_frame()
     return fg
 
 
