@@ -43,15 +43,14 @@ def parse_overrides(items: list[str]) -> dict:
 
 def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> tuple[str, int]:
     """Single-process twin of defectray.train.train: same hold-out split, sources, synthesis and schedule."""
-    from dataclasses import replace
-
     import torch
 
     from defectray import io
     from defectray.models.modelfile import calibrate, save_model
     from defectray.models.train_step import TrainStep, budget_progress
     from defectray.synthesis import synthesize_batch
-    from defectray.train import _load_many, build_sources, split_holdout, steps_per_epoch_for, training_view, view_size
+    from defectray.train import (_load_many, build_sources, sources_for_view, split_holdout, steps_per_epoch_for,
+                                 training_view, view_size)
 
     torch.set_num_threads(threads)
     train_paths, held_out = split_holdout(io.training_images(data), cfg.val_fraction, cfg.seed)
@@ -70,15 +69,12 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
             picked = [training_view(fitted[i], size, rng) for i in idx]
-            views = np.stack([v for v, _, _ in picked])
-            if isinstance(sources.foreground, np.ndarray):
-                # A region of interest covers the fitted image: each view gets its own window of it, as in
-                # defectray.train.synthesis_stage.
-                rows = [synthesize_batch(v[None], cfg.synthesis, rng,
-                                         replace(sources, foreground=sources.foreground[y:y + size, x:x + size]),
+            if isinstance(sources.foreground, np.ndarray):  # a user ROI: each view its own window of it
+                rows = [synthesize_batch(v[None], cfg.synthesis, rng, sources_for_view(sources, y, x, size),
                                          cfg.anomaly_prob, cfg.rotate_prob) for v, y, x in picked]
                 damaged, clean, masks = (np.concatenate(parts) for parts in zip(*rows))
             else:
+                views = np.stack([v for v, _, _ in picked])
                 damaged, clean, masks = synthesize_batch(views, cfg.synthesis, rng, sources, cfg.anomaly_prob,
                                                          cfg.rotate_prob)
             from defectray.models import images_to_tensor

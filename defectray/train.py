@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -128,6 +128,12 @@ def training_view(fitted: np.ndarray, size: int, rng: np.random.Generator) -> tu
     h, w = fitted.shape[:2]
     y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
     return fitted[y:y + size, x:x + size], y, x
+
+
+def sources_for_view(sources, y: int, x: int, size: int):
+    """Synthesis sources whose foreground is a user ROI (an array covering the fitted image), with the ROI cut
+    to one training view's window."""
+    return replace(sources, foreground=sources.foreground[y:y + size, x:x + size])
 
 
 def _user_error_in(error: BaseException) -> str | None:
@@ -232,8 +238,6 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
 
 def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str, seed: int, anomaly_prob: float,
                     rotate_prob: float) -> dict[str, np.ndarray]:
-    from dataclasses import replace
-
     from defectray.synthesis import synthesize_batch
 
     src = _cached_get(sources)
@@ -241,14 +245,13 @@ def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str,
     size = images.shape[1]
     damaged, clean = np.empty_like(images), np.empty_like(images)
     masks = np.zeros(images.shape[:3], np.float32)
-    roi = src.foreground if isinstance(src.foreground, np.ndarray) else None
     # One RNG per row, seeded by (seed, epoch, position): the draw does not depend on how rows fall into blocks.
     for i, (e, p) in enumerate(zip(batch["epoch"].tolist(), batch["position"].tolist())):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, e, p]))
         row_src = src
-        if roi is not None:  # the region of interest under this row's training view
+        if isinstance(src.foreground, np.ndarray):  # a user ROI: the window under this row's training view
             y, x = (int(v) for v in batch["crop"][i])
-            row_src = replace(src, foreground=roi[y:y + size, x:x + size])
+            row_src = sources_for_view(src, y, x, size)
         d, c, m = synthesize_batch(images[i : i + 1], method, rng, row_src, anomaly_prob, rotate_prob)
         damaged[i], clean[i], masks[i] = d[0], c[0], m[0]
     return {"epoch": batch["epoch"], "position": batch["position"], "index": batch["index"],
