@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 DEFAULT_DATA = "/work/shared/datasets/magnetic-tile"
-SCORING_FIELDS = ("score_filter_size", "flip_average")  # may change on a trained model (--model)
+SCORING_FIELDS = ("score_filter_size", "score_top_k", "flip_average")  # may change on a trained model (--model)
 SECTION = "## Accuracy on magnetic-tile"
 TABLE_HEADER = ("| run | engine | config (vs profile) | steps | train min | img AUROC | pix AUROC | AUPRO | pix AP "
                 "| img AUROC per class | machine |")
@@ -118,7 +118,7 @@ def filter_sweep(model_uri: str, data: str, sizes: list[int], scoring: dict | No
     kinds = np.array([it.defect_class for it in items])
     result = {}
     for size in sizes:
-        s = np.array([image_scores(m, size)[-1] for m in maps])  # the score head's map, where there is one
+        s = np.array([image_scores(m, size, det.top_k)[-1] for m in maps])  # the score head's map, if any
         row = {"all": round(float(roc_auc_score(labels, s)), 4)}
         for k in sorted(set(kinds[labels])):
             sel = (kinds == k) | ~labels
@@ -203,11 +203,9 @@ def main() -> None:
     scoring = {k: overrides[k] for k in SCORING_FIELDS if k in overrides}
     if scoring:  # a model file given, or --score-filter-size after training
         from defectray.models.modelfile import load_model
-        from defectray.models.scoring import filter_size_for
 
         model = load_model(model_uri)
-        model.config = model.config.replace(**scoring)
-        model.filter_size = filter_size_for(model.config)
+        model.config = model.config.replace(**scoring)  # the Detector reads its filter and top-k from it
     if args.model:
         train_min = 0.0
     metrics = evaluate(model, args.data, os.path.join(out, "eval"), progress=False)

@@ -14,7 +14,7 @@ from defectray.config import get_config
 from defectray.models import build_model, images_to_tensor
 from defectray.models.modelfile import (Detector, NotADefectrayModelError, calibrate, load_model, model_id_of,
                                         save_model, _inference_state)
-from defectray.models.scoring import filter_size_for, image_scores
+from defectray.models.scoring import filter_size_for, image_scores, top_k_for
 
 torch.set_num_threads(2)
 
@@ -86,7 +86,7 @@ def test_round_trip_s3(s3_bucket, tmp_path):
 
 
 def test_predict_any_sizes_and_stages_agree(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_config(score_top_k=256)  # the mean of the 4 highest pixels at 32 px
     path = str(tmp_path / "m.safetensors")
     save_model(path, trained_ish(cfg), cfg)
     det = load_model(path)
@@ -107,7 +107,9 @@ def test_predict_any_sizes_and_stages_agree(tmp_path):
     np.testing.assert_array_equal(s2, scores)  # the pipeline's split stages give exactly predict()'s output
     for a, b in zip(m2, maps):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(scores, [image_scores(r, filter_size_for(cfg))[0] for r in raw])
+    assert top_k_for(cfg) == 4
+    np.testing.assert_array_equal(scores, [image_scores(r, filter_size_for(cfg), 4)[0] for r in raw])
+    assert np.all(scores < [r.max() for r in raw])  # not the plain max
     # full [0, 1] range: a white 32x32 image reaches the model as 1.0, not ImageNet-normalised
     white = det.preprocess([np.full((32, 32), 255, np.uint8)])[0]
     assert white.max() == 1.0 and white.min() == 1.0

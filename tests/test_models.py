@@ -16,7 +16,7 @@ from defectray.models.losses import (defect_dice_loss, feature_consistency_loss,
                                      ssim_loss, two_class_logits)
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
-from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores, output_maps
+from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores, output_maps, top_k_for
 from defectray.models.train_step import TrainStep, budget_progress
 
 torch.set_num_threads(2)
@@ -299,6 +299,20 @@ def test_filter_size_and_image_scores():
     corner[0, :2, :2] = 1.0  # at the border only in-image pixels are averaged
     assert image_scores(corner, 3)[0] == pytest.approx(1.0)
     assert image_scores(maps, 1)[2] == 1.0
+
+
+def test_top_k_image_score_keeps_a_line_and_lowers_a_spot():
+    assert top_k_for(get_config("paper")) == 1
+    assert top_k_for(get_config("cpu-small")) == 10  # 40 at 256 px, scaled by the area to 128 px
+    assert top_k_for(get_config("cpu-small", image_size=256)) == 40
+    maps = np.full((3, 20, 20), 0.1, np.float32)
+    maps[0, 3, 2:14] = 0.9  # a 1-px line of 12 pixels
+    maps[1, 7, 7] = maps[1, 7, 8] = 0.9  # a 2-px spot
+    top4 = image_scores(maps, 1, 4)
+    np.testing.assert_allclose(top4, [0.9, (2 * 0.9 + 2 * 0.1) / 4, 0.1], atol=1e-6)
+    np.testing.assert_allclose(image_scores(maps, 1, 1), [0.9, 0.9, 0.1], atol=1e-6)  # k = 1 is the max
+    np.testing.assert_allclose(image_scores(torch.from_numpy(maps), 1, 4), top4)
+    assert image_scores(maps, 1, 10_000)[0] == pytest.approx(float(maps[0].mean()))  # k beyond the pixels: all
 
 
 def test_images_to_tensor():

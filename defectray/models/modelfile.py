@@ -24,7 +24,7 @@ import torch
 from defectray.config import Config
 from defectray.io import read_bytes, write_bytes
 from defectray.models import DefectModel, build_model
-from defectray.models.scoring import filter_size_for, image_scores
+from defectray.models.scoring import filter_size_for, image_scores, top_k_for
 from defectray.models.tiling import fit_image, stitch, tile_windows
 
 FORMAT = "defectray-model"
@@ -117,9 +117,16 @@ class Detector:
         self.model_id = model_id
         self.calibration = dict(calibration or {})
         self.model = model.eval().reparameterize()
-        self.filter_size = filter_size_for(config)
         self.device = torch.device("cpu")
         self.to(device)
+
+    @property
+    def filter_size(self) -> int:
+        return filter_size_for(self.config)
+
+    @property
+    def top_k(self) -> int:
+        return top_k_for(self.config)
 
     @property
     def threshold(self) -> float | None:
@@ -190,7 +197,7 @@ class Detector:
         if len(maps) != len(sizes):
             raise ValueError(f"{len(maps)} maps but {len(sizes)} sizes")
         # image_scores reads a (2, H', W') map as two maps: the last is the score head's, or the only one
-        scores = np.array([image_scores(m, self.filter_size)[-1] for m in maps], np.float32)
+        scores = np.array([image_scores(m, self.filter_size, self.top_k)[-1] for m in maps], np.float32)
         defect = [np.asarray(m, np.float32)[0] if np.ndim(m) == 3 else np.asarray(m, np.float32) for m in maps]
         resized = [np.clip(cv2.resize(m, (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
                            0.0, 1.0).astype(np.float32) for m, (h, w) in zip(defect, sizes)]

@@ -1,0 +1,68 @@
+"""How to read a trained model's map as an image score, chosen without the test split.
+
+    python benchmarks/score_reading.py --model runs/x/model.safetensors --data /work/shared/datasets/magnetic-tile
+
+The model's held-out normal images (the seeded split training kept out for calibration) are cut into random
+views; each view is scored as it is and again with a synthetic defect painted by the model's own synthesis
+method. The image AUROC between the two, for each top-k (the mean of the k highest pixels of the map at the
+model's resolution, flips as the model's config says), is what a reading is judged by: no real defect is seen.
+Session 22 chose cpu-small's ``score_top_k`` this way (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="the training data the model was trained on")
+    ap.add_argument("--views", type=int, default=8, help="views per held-out image")
+    ap.add_argument("--top-k", default="1,3,5,10,15,20,30,40", help="comma list, pixels at model resolution")
+    args = ap.parse_args()
+
+    from sklearn.metrics import roc_auc_score
+
+    from defectray import io
+    from defectray.models.modelfile import load_model
+    from defectray.models.scoring import image_scores, output_maps
+    from defectray.synthesis import synthesize_batch
+    from defectray.train import build_sources, load_fitted, split_holdout, view_size
+
+    det = load_model(args.model)
+    cfg = det.config
+    train_paths, held = split_holdout(io.training_images(args.data), cfg.val_fraction, cfg.seed)
+    size = view_size(cfg)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 22]))
+    views = []
+    for path in held:
+        img = load_fitted(path, cfg)
+        for _ in range(args.views):
+            y = int(rng.integers(0, img.shape[0] - size + 1))
+            x = int(rng.integers(0, img.shape[1] - size + 1))
+            views.append(img[y:y + size, x:x + size])
+    damaged, clean, _ = synthesize_batch(np.stack(views), cfg.synthesis, rng, build_sources(cfg, train_paths),
+                                         anomaly_prob=1.0)
+
+    def maps(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch.reshape(len(batch), size, size, -1)).permute(0, 3, 1, 2).float() / 255.0
+        return np.concatenate([output_maps(det.model, x[i:i + 64], cfg.flip_average)[:, 0].numpy()
+                               for i in range(0, len(x), 64)])
+
+    normal, defect = maps(clean), maps(damaged)
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(defect))]
+    result = {}
+    for k in [int(k) for k in args.top_k.split(",")]:
+        scores = np.r_[image_scores(normal, det.filter_size, k), image_scores(defect, det.filter_size, k)]
+        result[k] = round(float(roc_auc_score(labels, scores)), 4)
+    print(json.dumps({"model": args.model, "held_out_images": len(held), "views": len(views),
+                      "synthesis": cfg.synthesis, "auroc_by_top_k": result}))
+
+
+if __name__ == "__main__":
+    main()
