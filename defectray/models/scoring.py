@@ -3,7 +3,7 @@ score = max of the mean-filtered map (DRAEM's 21x21 at 256 px, scaled to the mod
 its ``score_top_k`` highest values (scaled with the area).
 
 A model with a score head (``Config.score_head``) has a third output channel whose sigmoid is a second map
-trained for the image score (the peak loss): the image score is then the max of that map, while the pixel
+trained for the image score (the peak loss): the image score is then read from that map, while the pixel
 map stays the defect probability."""
 
 from __future__ import annotations
