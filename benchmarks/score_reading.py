@@ -7,6 +7,9 @@ views; each view is scored as it is and again with a synthetic defect painted by
 method. The image AUROC between the two, for each top-k (the mean of the k highest pixels of the map at the
 model's resolution, flips as the model's config says), is what a reading is judged by: no real defect is seen.
 Session 22 chose cpu-small's ``score_top_k`` this way (BENCHMARKS.md).
+
+``--by-shape`` adds the AUROC per shape of the `realistic` method at the model's own reading: a model that has
+not yet learned one shape (session 23: faint cracks along the surface's grain) shows it here, before any test.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="the training data the model was trained on")
     ap.add_argument("--views", type=int, default=8, help="views per held-out image")
     ap.add_argument("--top-k", default="1,3,5,10,15,20,30,40", help="comma list, pixels at model resolution")
+    ap.add_argument("--by-shape", action="store_true",
+                    help="also paint every view once with each shape of the `realistic` method (a crack along the "
+                         "surface's grain apart from one across it) and report the AUROC per shape, at the "
+                         "model's own top-k: which kind of synthetic defect the model has not learned yet")
     args = ap.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -60,8 +67,25 @@ def main() -> None:
     for k in [int(k) for k in args.top_k.split(",")]:
         scores = np.r_[image_scores(normal, det.filter_size, k), image_scores(defect, det.filter_size, k)]
         result[k] = round(float(roc_auc_score(labels, scores)), 4)
-    print(json.dumps({"model": args.model, "held_out_images": len(held), "views": len(views),
-                      "synthesis": cfg.synthesis, "auroc_by_top_k": result}))
+    report = {"model": args.model, "held_out_images": len(held), "views": len(views),
+              "synthesis": cfg.synthesis, "auroc_by_top_k": result}
+    if args.by_shape:
+        from defectray.synthesis.realistic import SHAPES, paint_defect, texture_direction
+
+        sources = build_sources(cfg, train_paths)
+        normal_scores = image_scores(normal, det.filter_size, det.top_k)
+        by_shape = {}
+        for name in [*SHAPES, "crack-along-grain"]:
+            kind = "crack" if name.startswith("crack") else name
+            shape_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 22, len(by_shape)]))
+            painted = []
+            for view in clean:
+                along = texture_direction(view) if name == "crack-along-grain" else None
+                painted.append(paint_defect(view, shape_rng, sources, kind, along)[0])
+            scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
+            by_shape[name] = round(float(roc_auc_score(labels, np.r_[normal_scores, scores])), 4)
+        report["auroc_by_shape"] = by_shape
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

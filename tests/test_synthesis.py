@@ -229,6 +229,7 @@ def test_realistic_cracks_often_follow_the_grain_faintly(monkeypatch):
     from defectray.synthesis import realistic as realistic_module
 
     monkeypatch.setattr(realistic_module, "SHAPE_PROBS", (0.0, 1.0, 0.0, 0.0))
+    monkeypatch.setattr(realistic_module, "GRAINED_SHAPE_PROBS", (0.0, 1.0, 0.0, 0.0))
     rng = np.random.default_rng(62)
 
     def vertical_share(make):
@@ -250,6 +251,29 @@ def test_realistic_cracks_often_follow_the_grain_faintly(monkeypatch):
     assert streaked >= 0.4 and isotropic <= 0.3, (streaked, isotropic)
     assert np.median(streaked_changes) < np.median(isotropic_changes)
     assert (streaked_changes >= realistic_module.MIN_VISIBLE / 2 - 0.5).all()  # faint, never invisible
+
+
+def test_paint_defect_paints_the_shape_asked_for():
+    """A probe asks for one shape (benchmarks/score_reading.py --by-shape): a crack along a vertical grain
+    is a near-vertical line, pits are compact, and a wrong request is an error, not a silent other shape."""
+    from defectray.synthesis.realistic import SHAPES, paint_defect, texture_direction
+
+    rng = np.random.default_rng(63)
+    image = streaked_image(rng, 128, 128)
+    sources = SynthesisSources(normal_images=[streaked_image(rng, 128, 128)])
+    along = texture_direction(image)
+    for _ in range(10):
+        damaged, mask = paint_defect(image, rng, sources, "crack", along)
+        ys, xs = np.nonzero(mask)
+        assert np.ptp(ys) > 4 * max(1, np.ptp(xs))  # long and vertical: it follows the marks
+        assert (damaged[mask == 0] == image[mask == 0]).all()
+        _, pits = paint_defect(image, rng, sources, "pits")
+        assert 0 < pits.sum() < 0.1 * pits.size
+    assert set(SHAPES) == {"blob", "crack", "pits", "chip"}
+    with pytest.raises(ValueError, match="unknown defect shape"):
+        paint_defect(image, rng, sources, "scratch")
+    with pytest.raises(ValueError, match="only a crack"):
+        paint_defect(image, rng, sources, "pits", along)
 
 
 @pytest.mark.parametrize("method", ["realistic", "memseg", "nsa"])
