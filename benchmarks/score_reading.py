@@ -53,8 +53,8 @@ def main() -> None:
             y = int(rng.integers(0, img.shape[0] - size + 1))
             x = int(rng.integers(0, img.shape[1] - size + 1))
             views.append(img[y:y + size, x:x + size])
-    damaged, clean, _ = synthesize_batch(np.stack(views), cfg.synthesis, rng, build_sources(cfg, train_paths),
-                                         anomaly_prob=1.0)
+    sources = build_sources(cfg, train_paths)
+    damaged, clean, _ = synthesize_batch(np.stack(views), cfg.synthesis, rng, sources, anomaly_prob=1.0)
 
     def maps(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch.reshape(len(batch), size, size, -1)).permute(0, 3, 1, 2).float() / 255.0
@@ -72,7 +72,6 @@ def main() -> None:
     if args.by_shape:
         from defectray.synthesis.realistic import SHAPES, paint_defect, texture_direction
 
-        sources = build_sources(cfg, train_paths)
         normal_scores = image_scores(normal, det.filter_size, det.top_k)
         by_shape = {}
         for name in [*SHAPES, "crack-along-grain"]:
