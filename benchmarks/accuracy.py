@@ -155,6 +155,8 @@ def main() -> None:
                     "dropped unless this is given (a shared box's load must not decide where a row stops)")
     ap.add_argument("--engine", choices=("ray", "local"), default="ray")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for --engine local")
+    ap.add_argument("--workers", type=int, default=1, help="Ray Train workers for --engine ray (data-parallel; "
+                    "batch_size is per worker)")
     ap.add_argument("--device", default="cpu", help="torch device for --engine local (e.g. cuda)")
     ap.add_argument("--out", help="run folder (default runs/accuracy/<name>)")
     ap.add_argument("--name", help="row name (default: the overrides)")
@@ -193,8 +195,8 @@ def main() -> None:
     else:
         from defectray.train import train
 
-        result = train(cfg, args.data, out)
-        model_uri, engine = result.model_uri, "ray"
+        result = train(cfg, args.data, out, workers=args.workers)
+        model_uri, engine = result.model_uri, "ray" if args.workers == 1 else f"ray x{args.workers}"
         steps = getattr(result, "steps", None) or result.to_dict().get("steps")
     train_min = (time.time() - t0) / 60
     model = model_uri
