@@ -10,6 +10,12 @@ Session 22 chose cpu-small's ``score_top_k`` this way (BENCHMARKS.md).
 
 ``--by-shape`` adds the AUROC per shape of the `realistic` method at the model's own reading: a model that has
 not yet learned one shape (session 23: faint cracks along the surface's grain) shows it here, before any test.
+
+``--edge-pits`` adds the AUROC of one small pit (radius 1-2 or 2-3 px at the model's resolution) painted at a
+given distance from a vertical edge of the view, against the clean views: whether a small defect cut by the
+frame is found as well as one inside. Session 30's default model: 2-3 px pits 0.724 / 0.894 / 0.990 at 0 / 2 / 60 px
+from the edge. Drawing half the training pits on the frame's edge lifted that at one of two seeds, and that model
+scored the real edge blowhole lower than the default did (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ def main() -> None:
                     help="also paint every view once with each shape of the `realistic` method (a crack along the "
                          "surface's grain apart from one across it) and report the AUROC per shape, at the "
                          "model's own top-k: which kind of synthetic defect the model has not learned yet")
+    ap.add_argument("--edge-pits", action="store_true",
+                    help="also paint every view with one small pit at 0, 2, 5, 20 and 60 px from a vertical frame "
+                         "edge and report the AUROC per radius and distance, at the model's own top-k")
     args = ap.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -84,6 +93,30 @@ def main() -> None:
             scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
             by_shape[name] = round(float(roc_auc_score(labels, np.r_[normal_scores, scores])), 4)
         report["auroc_by_shape"] = by_shape
+    if args.edge_pits:
+        import cv2
+
+        from defectray.synthesis.realistic import paint_region
+
+        normal_scores = image_scores(normal, det.filter_size, det.top_k)
+        by_place = {}
+        for radius in ((1, 2), (2, 3)):
+            for distance in (0, 2, 5, 20, 60):
+                pit_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 30, radius[0], distance]))
+                painted = []
+                for view in clean:
+                    h, w = view.shape[:2]
+                    mask = np.zeros((h, w), np.uint8)
+                    x = distance if pit_rng.random() < 0.5 else w - 1 - distance
+                    y = int(pit_rng.integers(h // 8, h - h // 8))
+                    axes = tuple(int(a) for a in pit_rng.integers(radius[0], radius[1] + 1, 2))
+                    cv2.ellipse(mask, (x, y), axes, 0, 0, 360, 1, -1)
+                    painted.append(paint_region(view, pit_rng, sources, mask.astype(np.float32), "pits"))
+                scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
+                key = f"radius {radius[0]}-{radius[1]} px, {distance} px from the edge"
+                place_labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(scores))]
+                by_place[key] = round(float(roc_auc_score(place_labels, np.r_[normal_scores, scores])), 4)
+        report["auroc_edge_pits"] = by_place
     print(json.dumps(report))
 
 

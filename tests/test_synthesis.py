@@ -276,6 +276,24 @@ def test_paint_defect_paints_the_shape_asked_for():
         paint_defect(image, rng, sources, "pits", along)
 
 
+def test_paint_region_paints_a_placed_pit_visibly_and_nothing_else():
+    """A probe places a pit itself (benchmarks/score_reading.py --edge-pits: one cut by the frame) and paints it
+    as ``paint_defect`` paints its own pits: only the masked pixels change, by at least the visibility floor."""
+    from skimage import data
+
+    from defectray.synthesis.realistic import MIN_VISIBLE, paint_region
+
+    image = data.brick()[:128, :128]
+    rng = np.random.default_rng(30)
+    for x in (0, 2, 127):
+        mask = np.zeros((128, 128), np.uint8)
+        cv2.ellipse(mask, (x, 64), (2, 3), 0, 0, 360, 1, -1)
+        damaged = paint_region(image, rng, SynthesisSources(foreground="full"), mask.astype(np.float32), "pits")
+        inside = mask > 0
+        assert (damaged[~inside] == image[~inside]).all()
+        assert np.abs(damaged[inside].astype(np.float32) - image[inside]).mean() >= 2 * MIN_VISIBLE - 0.5
+
+
 @pytest.mark.parametrize("method", ["realistic", "memseg", "nsa"])
 def test_foreground_aware_methods_stay_inside_roi(method):
     rng = np.random.default_rng(7)

@@ -247,7 +247,14 @@ def paint_defect(image: np.ndarray, rng: np.random.Generator, sources: Synthesis
         if mask.sum() >= min_area:
             break
     mask = ensure_nonempty(mask, rng, foreground).astype(np.float32)
+    return paint_region(image, rng, sources, mask, kind, along), mask
 
+
+def paint_region(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSources, mask: np.ndarray,
+                 kind: str, along: float | None = None) -> np.ndarray:
+    """``image`` with the pixels of ``mask`` (non-empty, (H, W)) painted as a defect of shape ``kind``: the
+    appearance ``paint_defect`` gives the shapes it draws. A probe uses it to paint a region it placed itself
+    (benchmarks/score_reading.py --edge-pits)."""
     dark = (0.2, 0.65)
     min_visible = 2 * MIN_VISIBLE  # thin/small shapes need more contrast to be seen
     if kind == "blob":
@@ -287,4 +294,4 @@ def paint_defect(image: np.ndarray, rng: np.random.Generator, sources: Synthesis
     out = image.copy()
     region = out[y0:y1, x0:x1]  # a view: writing into it writes into out
     region[inside_window] = painted
-    return out, mask
+    return out
