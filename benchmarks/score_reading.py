@@ -78,10 +78,16 @@ def main() -> None:
         result[k] = round(float(roc_auc_score(labels, scores)), 4)
     report = {"model": args.model, "held_out_images": len(held), "views": len(views),
               "synthesis": cfg.synthesis, "auroc_by_top_k": result}
+    normal_scores = image_scores(normal, det.filter_size, det.top_k)
+
+    def auroc_against_normals(painted: list[np.ndarray]) -> float:
+        """Image AUROC, at the model's own reading, of views painted one for one from the clean views."""
+        scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
+        return round(float(roc_auc_score(labels, np.r_[normal_scores, scores])), 4)
+
     if args.by_shape:
         from defectray.synthesis.realistic import SHAPES, paint_defect, texture_direction
 
-        normal_scores = image_scores(normal, det.filter_size, det.top_k)
         by_shape = {}
         for name in [*SHAPES, "crack-along-grain"]:
             kind = "crack" if name.startswith("crack") else name
@@ -90,15 +96,13 @@ def main() -> None:
             for view in clean:
                 along = texture_direction(view) if name == "crack-along-grain" else None
                 painted.append(paint_defect(view, shape_rng, sources, kind, along)[0])
-            scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
-            by_shape[name] = round(float(roc_auc_score(labels, np.r_[normal_scores, scores])), 4)
+            by_shape[name] = auroc_against_normals(painted)
         report["auroc_by_shape"] = by_shape
     if args.edge_pits:
         import cv2
 
         from defectray.synthesis.realistic import paint_region
 
-        normal_scores = image_scores(normal, det.filter_size, det.top_k)
         by_place = {}
         for radius in ((1, 2), (2, 3)):
             for distance in (0, 2, 5, 20, 60):
@@ -112,10 +116,8 @@ def main() -> None:
                     axes = tuple(int(a) for a in pit_rng.integers(radius[0], radius[1] + 1, 2))
                     cv2.ellipse(mask, (x, y), axes, 0, 0, 360, 1, -1)
                     painted.append(paint_region(view, pit_rng, sources, mask.astype(np.float32), "pits"))
-                scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
                 key = f"radius {radius[0]}-{radius[1]} px, {distance} px from the edge"
-                place_labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(scores))]
-                by_place[key] = round(float(roc_auc_score(place_labels, np.r_[normal_scores, scores])), 4)
+                by_place[key] = auroc_against_normals(painted)
         report["auroc_edge_pits"] = by_place
     print(json.dumps(report))
 
