@@ -9,7 +9,8 @@ Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load 
 2. SSIM loss + backward: a direct 11x11 Gaussian window (the earlier form, kept here as the baseline)
    against the separable form in ``losses.ssim``;
 3. the whole cpu-small TrainStep with both earlier forms against both current ones;
-4. the whole TrainStep of cpu-small variants that change the architecture or the losses (``--variants``).
+4. the whole TrainStep of cpu-small variants that change the architecture, the losses or the precision
+   (``--variants``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def ssim_row(rounds: int) -> dict:
 
 # The session-12 cpu-small network (before conv-resize, width 8 and batch 8), at batch 16 like the tables in
 # BENCHMARKS.md.
-SESSION12 = {"upsample": "resize-conv", "recon_base_width": 16, "batch_size": 16}
+# float32, as every step was before cpu-small's cpu_bf16="auto" (session 32), so the old rows stay comparable
+SESSION12 = {"upsample": "resize-conv", "recon_base_width": 16, "batch_size": 16, "cpu_bf16": "off"}
 
 
 def random_batch(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -115,8 +117,11 @@ VARIANTS = {
     "recon_base_width=8": {**SESSION12, "recon_base_width": 8},
     "feature_extractor=none": {**SESSION12, "feature_extractor": "none"},
     "all three": {**SESSION12, "upsample": "conv-resize", "recon_base_width": 8, "feature_extractor": "none"},
-    "cpu-small (conv-resize, width 8, batch 8)": {},
-    "cpu-small, large_kernel=false": {"large_kernel": False},
+    "cpu-small (conv-resize, width 8, batch 8)": {"cpu_bf16": "off"},
+    "cpu-small, large_kernel=false": {"large_kernel": False, "cpu_bf16": "off"},
+    # bf16 autocast on CPU: ~1.3x on CPUs with bf16 instructions (session 32), emulated and slower elsewhere
+    "cpu-small, cpu_bf16=on": {"cpu_bf16": "on"},
+    "cpu-small, large_kernel=false, cpu_bf16=on": {"large_kernel": False, "cpu_bf16": "on"},
 }
 
 

@@ -384,6 +384,9 @@ def _train_loop(loop: dict) -> None:
 
     model = ray.train.torch.prepare_model(build_model(config))
     step = TrainStep(config, device=device, model=model)
+    if rank == 0:
+        print(f"[defectray train] {device.type}, {torch.get_num_threads()} torch thread(s), "
+              f"{'bf16 autocast' if step.bf16 else 'float32'}", flush=True)
     epochs, steps_per_epoch = config.epochs, loop["steps_per_epoch"]
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()

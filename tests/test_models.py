@@ -17,7 +17,7 @@ from defectray.models.losses import (defect_dice_loss, feature_consistency_loss,
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
 from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores, output_maps, top_k_for
-from defectray.models.train_step import TrainStep, budget_progress
+from defectray.models.train_step import TrainStep, budget_progress, cpu_bf16_enabled, cpu_has_bf16
 
 torch.set_num_threads(2)
 
@@ -180,6 +180,44 @@ def test_depthwise_conv2d_gradients_match_autograd_of_conv2d(shape, k):
     assert torch.allclose(got_x, x.grad, rtol=0, atol=1e-5 * x.grad.abs().max().item())
     assert torch.allclose(got_w, w.grad, rtol=0, atol=1e-5 * w.grad.abs().max().item())
     assert depthwise_conv2d(x.detach(), w.detach(), k // 2).grad_fn is None  # inference takes the plain conv
+
+
+def test_depthwise_conv2d_stays_float32_under_cpu_bf16_autocast():
+    """The FFT path has no bf16 form: under autocast it casts its inputs up and gives torch's float32 result."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 20, 20).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 1, 15, 15, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_conv2d(x.bfloat16(), w, 7)  # a bf16 activation, as the layer before would hand it on
+    assert out.dtype == torch.float32 and "DepthwiseConv2d" in type(out.grad_fn).__name__
+    out.sum().backward()
+    expected_w = torch.autograd.grad(
+        torch.nn.functional.conv2d(x.bfloat16().float(), w, padding=7, groups=4).sum(), w)[0]
+    assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    assert torch.allclose(w.grad, expected_w, rtol=0, atol=1e-5 * expected_w.abs().max().item())
+
+
+def test_cpu_bf16_modes():
+    assert cpu_bf16_enabled("off") is False and cpu_bf16_enabled("on") is True
+    assert cpu_bf16_enabled("auto") is cpu_has_bf16()
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        TrainStep(tiny_config(cpu_bf16="yes"))
+
+
+def test_cpu_bf16_train_step_matches_float32_and_learns():
+    """bf16 autocast on CPU: the same losses as float32 to bf16 precision from the same weights, and it learns."""
+    cfg = tiny_config()
+    damaged, clean, mask = synthetic_batch(8, 32)
+    full, half = TrainStep(cfg.replace(cpu_bf16="off")), TrainStep(cfg.replace(cpu_bf16="on"))
+    assert not full.bf16 and half.bf16
+    first_full, first_half = full(damaged, clean, mask), half(damaged, clean, mask)
+    for key in ("l2", "ssim", "focal", "dice"):
+        assert first_half[key] == pytest.approx(first_full[key], rel=0.05, abs=1e-3), key
+    assert all(p.dtype == torch.float32 for p in half.net.parameters())  # the weights stay float32
+    losses = [half(damaged, clean, mask) for _ in range(60)]
+    assert all(np.isfinite(v) for v in losses[-1].values())
+    first, last = np.mean([l["loss"] for l in losses[:5]]), np.mean([l["loss"] for l in losses[-5:]])
+    assert last < 0.6 * first, (first, last)
 
 
 def test_image_peak_loss_reads_the_peaks_an_image_score_reads():

@@ -58,13 +58,17 @@ def fuse_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor
 class _DepthwiseConv2d(torch.autograd.Function):
     """Stride-1 depthwise conv whose backward is two cheap forms of the same sums (CPU only, see below)."""
 
+    # Under CPU bf16 autocast (Config.cpu_bf16) this op stays float32: the FFT has no bf16 form, and the
+    # gradient it computes is a sum over the whole batch, where bf16's 8-bit mantissa would lose the most.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         p, k = ctx.padding, weight.shape[-1]

@@ -1,6 +1,7 @@
 """One optimizer step of joint training: (damaged, clean, mask) -> both networks -> losses -> Adam step.
 
-Device-agnostic; on CUDA the forward runs under bf16 autocast (losses stay float32). Tensors are
+Device-agnostic; on CUDA, and on CPU when ``Config.cpu_bf16`` asks for it, the forward runs under bf16
+autocast (losses stay float32). Tensors are
 channels_last on every device: besides the GPU win, oneDNN's depthwise large-kernel convs on CPU are several
 times faster in NHWC (measured: cpu-small step 4-6 s -> ~1 s on 2 cores, BENCHMARKS.md "## Networks").
 The model may arrive wrapped (DistributedDataParallel from Ray Train): the wrapper is called for
@@ -38,12 +39,34 @@ def budget_progress(config: Config, epochs_done: float, steps_done: int, minutes
     return min(1.0, max(parts))
 
 
+CPU_BF16_MODES = ("off", "on", "auto")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16); Linux only.
+    Elsewhere oneDNN emulates bf16 and a step gets slower, not faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_bf16_enabled(mode: str) -> bool:
+    if mode not in CPU_BF16_MODES:
+        raise ValueError(f"cpu_bf16 must be one of {', '.join(CPU_BF16_MODES)}, not {mode!r}")
+    return mode == "on" or (mode == "auto" and cpu_has_bf16())
+
+
 class TrainStep:
     def __init__(self, config: Config, device: str | torch.device = "cpu", model: nn.Module | None = None):
         torch.manual_seed(config.seed)
         self.config = config
         self.device = torch.device(device)
         self.on_cuda = self.device.type == "cuda"
+        cpu_bf16 = cpu_bf16_enabled(config.cpu_bf16)  # checked on every device: a typo fails at once
+        self.bf16 = self.on_cuda or (self.device.type == "cpu" and cpu_bf16)
         if model is None:
             model = build_model(config).to(self.device)
         if not hasattr(model, "module"):
@@ -72,7 +95,7 @@ class TrainStep:
             mask = mask[:, 0]
         target = (mask > 0.5).long()
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             recon, logits, feature = self.model(damaged, clean=clean)
         l2 = l2_loss(recon, clean)
         ssim = ssim_loss(recon, clean)
