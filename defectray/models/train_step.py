@@ -10,6 +10,8 @@ the forward, the unwrapped module is used for everything else (feature refresh, 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -42,6 +44,7 @@ def budget_progress(config: Config, epochs_done: float, steps_done: int, minutes
 CPU_BF16_MODES = ("off", "on", "auto")
 
 
+@functools.cache  # the CPU does not change within a process; every TrainStep of a test suite would re-read it
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16); Linux only.
     Elsewhere oneDNN emulates bf16 and a step gets slower, not faster."""
@@ -64,9 +67,8 @@ class TrainStep:
         torch.manual_seed(config.seed)
         self.config = config
         self.device = torch.device(device)
-        self.on_cuda = self.device.type == "cuda"
         cpu_bf16 = cpu_bf16_enabled(config.cpu_bf16)  # checked on every device: a typo fails at once
-        self.bf16 = self.on_cuda or (self.device.type == "cpu" and cpu_bf16)
+        self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_bf16)
         if model is None:
             model = build_model(config).to(self.device)
         if not hasattr(model, "module"):
