@@ -67,7 +67,7 @@ def main() -> None:
 
     def maps(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch.reshape(len(batch), size, size, -1)).permute(0, 3, 1, 2).float() / 255.0
-        return np.concatenate([output_maps(det.model, x[i:i + 64], cfg.flip_average)[:, 0].numpy()
+        return np.concatenate([output_maps(det.model, x[i:i + 64], cfg.flip_average, det.cpu_bf16)[:, 0].numpy()
                                for i in range(0, len(x), 64)])
 
     normal, defect = maps(clean), maps(damaged)

@@ -20,7 +20,9 @@ torch.set_num_threads(2)
 
 
 def tiny_config(**kw):
-    base = dict(image_size=32, channels=1, recon_base_width=8, recon_depth=3, seg_base_width=8, seg_depth=4)
+    # float32 inference on every CPU, so that outputs compare to a float32 forward (bf16: its own test)
+    base = dict(image_size=32, channels=1, recon_base_width=8, recon_depth=3, seg_base_width=8, seg_depth=4,
+                cpu_bf16="off")
     base.update(kw)
     return get_config("cpu-small", **base)
 
@@ -67,6 +69,23 @@ def test_round_trip_local(tmp_path):
         model.prediction.head.bias.add_(1e-3)
     assert save_model(str(tmp_path / "other.safetensors"), model, cfg) != model_id
     assert defectray.load_model(path).model_id == model_id
+
+
+def test_cpu_bf16_inference_follows_the_config(tmp_path):
+    """cpu_bf16="on" runs the Detector under bf16 autocast on CPU: maps near float32's, not equal to them;
+    "off" is the float32 forward exactly as before."""
+    cfg = tiny_config(flip_average=False)
+    path = str(tmp_path / "m.safetensors")
+    save_model(path, trained_ish(cfg), cfg)
+    full, half = load_model(path), load_model(path)
+    half.cpu_bf16 = True
+    assert full.cpu_bf16 is False and "float32" in repr(full) and "bf16" in repr(half)
+    x = torch.rand(6, 1, 32, 32).numpy()
+    a, b = np.stack(full.infer(x)), np.stack(half.infer(x))
+    assert 0 < np.abs(a - b).max() < 0.05
+    on = tiny_config(cpu_bf16="on")
+    save_model(str(tmp_path / "on.safetensors"), trained_ish(on), on)
+    assert load_model(str(tmp_path / "on.safetensors")).cpu_bf16 is True
 
 
 def test_round_trip_s3(s3_bucket, tmp_path):

@@ -118,6 +118,31 @@ def test_reparameterize_matches_training_form():
     assert torch.allclose(probs_before, torch.softmax(after, 1), atol=1e-5, rtol=0)
 
 
+def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
+    """DefectModel.reparameterize: large kernels fused and every BN folded into its conv, in both networks
+    (a score-head model too); reconstruction and logits as the training form's in eval mode."""
+    for cfg in (tiny_config(), tiny_config(score_head="shared", upsample="resize-conv")):
+        torch.manual_seed(0)
+        model = build_model(cfg, feature_extractor=False)
+        model.train()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+            for _ in range(3):
+                model(torch.rand(4, 1, 32, 32))
+        model.eval()
+        x = torch.rand(3, 1, 32, 32)
+        with torch.no_grad():
+            recon, logits = model(x)
+            model.reparameterize()
+            recon2, logits2 = model(x)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        torch.testing.assert_close(recon2, recon, atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits2, logits, atol=1e-4, rtol=1e-5)
+
+
 # --- losses and scores ---------------------------------------------------------------------------------
 
 def test_losses():

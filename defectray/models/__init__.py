@@ -13,6 +13,7 @@ from torch import nn
 
 from defectray.config import Config
 from defectray.models.features import build_feature_extractor
+from defectray.models.layers import fold_batchnorm
 from defectray.models.losses import feature_consistency_loss
 from defectray.models.prediction import DefectPredictionNet
 from defectray.models.reconstruction import ReconstructionNet
@@ -47,7 +48,10 @@ class DefectModel(nn.Module):
         return recon, logits, feature
 
     def reparameterize(self) -> "DefectModel":
+        """The inference form (call in eval mode): each large-kernel conv's two branches fused into one conv,
+        then every BatchNorm folded into the conv before it. Same outputs to float rounding; not for training."""
         self.prediction.reparameterize()
+        fold_batchnorm(self)
         return self
 
 

@@ -26,6 +26,7 @@ from defectray.io import read_bytes, write_bytes
 from defectray.models import DefectModel, build_model
 from defectray.models.scoring import filter_size_for, image_scores, top_k_for
 from defectray.models.tiling import fit_image, stitch, tile_windows
+from defectray.models.train_step import cpu_bf16_enabled
 
 FORMAT = "defectray-model"
 FORMAT_VERSION = "1"
@@ -117,6 +118,9 @@ class Detector:
         self.model_id = model_id
         self.calibration = dict(calibration or {})
         self.model = model.eval().reparameterize()
+        # bf16 autocast on a CPU when the config asks for it and this CPU has bf16 instructions ("auto"), as in
+        # training; CUDA always runs bf16. Set to False for float32 CPU inference.
+        self.cpu_bf16 = cpu_bf16_enabled(config.cpu_bf16)
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -181,8 +185,9 @@ class Detector:
         if not tiles:
             return []
         flips = self.config.flip_average
-        maps = np.concatenate([output_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])), flips)
-                               .cpu().numpy() for i in range(0, len(tiles), TILE_BATCH)]).astype(np.float32)
+        maps = np.concatenate([output_maps(self.model, torch.from_numpy(np.stack(tiles[i:i + TILE_BATCH])), flips,
+                                           self.cpu_bf16).cpu().numpy()
+                               for i in range(0, len(tiles), TILE_BATCH)]).astype(np.float32)
         out, at = [], 0
         for x, windows in zip(images, owners):
             own = maps[at:at + len(windows)]
@@ -210,8 +215,9 @@ class Detector:
         return self.postprocess(self.infer(self.preprocess(images)), sizes)
 
     def __repr__(self) -> str:
+        precision = "bf16" if self.device.type == "cuda" or self.cpu_bf16 else "float32"
         return (f"Detector(model_id={self.model_id!r}, profile={self.config.profile!r}, "
-                f"image_size={self.config.image_size}, threshold={self.threshold})")
+                f"image_size={self.config.image_size}, threshold={self.threshold}, {precision})")
 
 
 CALIBRATION_RULE = "q99 + 0.5*IQR of held-out normal scores, clipped to [0, 1]"

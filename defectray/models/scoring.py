@@ -41,21 +41,23 @@ def probability_maps(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def output_maps(model, batch: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+def output_maps(model, batch: torch.Tensor, flip_average: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
     """(B, K, H, W) float32 ``probability_maps`` of the model (K = 1, or 2 with a score head); the model is put
-    in eval mode. bf16 autocast on CUDA only; channels_last everywhere (faster large-kernel depthwise convs on
-    CPU too). ``flip_average``: the mean of the maps of the 4 flipped batches, each flipped back (one flip at a
-    time: memory as without)."""
+    in eval mode. bf16 autocast on CUDA, and on CPU with ``cpu_bf16`` (the Detector passes
+    ``Config.cpu_bf16`` resolved for this CPU: on one with bf16 instructions inference is ~1.9x faster with the
+    same metrics, BENCHMARKS.md "Session 33"); channels_last everywhere (faster large-kernel depthwise convs
+    on CPU too). ``flip_average``: the mean of the maps of the 4 flipped batches, each flipped back (one flip
+    at a time: memory as without)."""
     net = getattr(model, "module", model)
     net.eval()
     device = next(net.parameters()).device
     batch = batch.to(device, non_blocking=True)
-    on_cuda = device.type == "cuda"
+    bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
     flips = FLIPS if flip_average else FLIPS[:1]
     total = None
     for dims in flips:
         x = (batch.flip(dims) if dims else batch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, logits = net(x)
         maps = probability_maps(logits)
         maps = maps.flip(dims) if dims else maps
