@@ -72,7 +72,7 @@ class Config:
     batch_size: int = 8
     # bf16 autocast on CPU, for training and for the Detector's inference (CUDA always runs under it; losses
     # stay float32 on both): "off", "on", or "auto" = on where the CPU has bf16 instructions (AVX512-BF16, AMX,
-    # Arm BF16), where a cpu-small step is 1.2-1.4x cheaper and inference ~1.9x (BENCHMARKS.md, sessions 32-33);
+    # Arm BF16), where a cpu-small step is 1.2-1.4x cheaper and inference ~2x (BENCHMARKS.md, sessions 32-33);
     # on other CPUs bf16 is emulated and slower. Resolved on the machine that runs the model.
     cpu_bf16: str = "off"
     lr: float = 1e-4

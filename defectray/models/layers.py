@@ -122,7 +122,7 @@ class ConvBN(nn.Module):
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """Fold every BatchNorm2d that directly follows a conv (in an nn.Sequential, or a ConvBN) into that conv's
     weight and bias, the BN replaced by Identity; call in eval mode. Same outputs to float rounding, one pass
-    less per layer: BN was 18 % of a cpu-small forward on CPU, and folding made CPU inference 1.22x faster
+    less per layer: BN was 18 % of a cpu-small forward on CPU, and folding made CPU inference 1.24x faster
     (BENCHMARKS.md "Session 33"). Inference only: a folded BN no longer tracks batch statistics."""
     for m in list(module.modules()):
         if isinstance(m, ConvBN):

@@ -44,7 +44,7 @@ def probability_maps(logits: torch.Tensor) -> torch.Tensor:
 def output_maps(model, batch: torch.Tensor, flip_average: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
     """(B, K, H, W) float32 ``probability_maps`` of the model (K = 1, or 2 with a score head); the model is put
     in eval mode. bf16 autocast on CUDA, and on CPU with ``cpu_bf16`` (the Detector passes
-    ``Config.cpu_bf16`` resolved for this CPU: on one with bf16 instructions inference is ~1.9x faster with the
+    ``Config.cpu_bf16`` resolved for this CPU: on one with bf16 instructions inference is ~2x faster with the
     same metrics, BENCHMARKS.md "Session 33"); channels_last everywhere (faster large-kernel depthwise convs
     on CPU too). ``flip_average``: the mean of the maps of the 4 flipped batches, each flipped back (one flip
     at a time: memory as without)."""
