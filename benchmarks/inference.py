@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
 from safetensors.torch import load
 
 from defectray.config import get_config
@@ -30,7 +29,7 @@ from defectray.io import read_bytes
 from defectray.models import build_model
 from defectray.models.modelfile import Detector, load_model
 from defectray.models.scoring import image_scores
-from defectray.models.train_step import cpu_has_bf16
+from defectray.models.precision import cpu_has_bf16
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic-tile"
 

@@ -16,8 +16,9 @@ from defectray.models.losses import (defect_dice_loss, feature_consistency_loss,
                                      ssim_loss, two_class_logits)
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
+from defectray.models.precision import cpu_bf16_enabled, cpu_has_bf16
 from defectray.models.scoring import anomaly_maps, filter_size_for, image_scores, output_maps, top_k_for
-from defectray.models.train_step import TrainStep, budget_progress, cpu_bf16_enabled, cpu_has_bf16
+from defectray.models.train_step import TrainStep, budget_progress
 
 torch.set_num_threads(2)
 

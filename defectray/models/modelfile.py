@@ -24,9 +24,9 @@ import torch
 from defectray.config import Config
 from defectray.io import read_bytes, write_bytes
 from defectray.models import DefectModel, build_model
+from defectray.models.precision import bf16_autocast_on, cpu_bf16_enabled
 from defectray.models.scoring import filter_size_for, image_scores, top_k_for
 from defectray.models.tiling import fit_image, stitch, tile_windows
-from defectray.models.train_step import cpu_bf16_enabled
 
 FORMAT = "defectray-model"
 FORMAT_VERSION = "1"
@@ -215,7 +215,7 @@ class Detector:
         return self.postprocess(self.infer(self.preprocess(images)), sizes)
 
     def __repr__(self) -> str:
-        precision = "bf16" if self.device.type == "cuda" or self.cpu_bf16 else "float32"
+        precision = "bf16" if bf16_autocast_on(self.device, self.cpu_bf16) else "float32"
         return (f"Detector(model_id={self.model_id!r}, profile={self.config.profile!r}, "
                 f"image_size={self.config.image_size}, threshold={self.threshold}, {precision})")
 

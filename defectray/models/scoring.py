@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from defectray.config import Config
+from defectray.models.precision import bf16_autocast_on
 
 
 def filter_size_for(config: Config) -> int:
@@ -52,12 +53,11 @@ def output_maps(model, batch: torch.Tensor, flip_average: bool = False, cpu_bf16
     net.eval()
     device = next(net.parameters()).device
     batch = batch.to(device, non_blocking=True)
-    bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
     flips = FLIPS if flip_average else FLIPS[:1]
     total = None
     for dims in flips:
         x = (batch.flip(dims) if dims else batch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast_on(device, cpu_bf16)):
             _, logits = net(x)
         maps = probability_maps(logits)
         maps = maps.flip(dims) if dims else maps

@@ -10,8 +10,6 @@ the forward, the unwrapped module is used for everything else (feature refresh, 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -20,6 +18,7 @@ from defectray.models import build_model
 from defectray.models.features import CopiedEncoder
 from defectray.models.losses import (defect_dice_loss, focal_loss, image_peak_loss, l2_loss, ssim_loss,
                                      two_class_logits)
+from defectray.models.precision import bf16_autocast_on, cpu_bf16_enabled
 
 
 def lr_at(config: Config, progress: float) -> float:
@@ -41,34 +40,13 @@ def budget_progress(config: Config, epochs_done: float, steps_done: int, minutes
     return min(1.0, max(parts))
 
 
-CPU_BF16_MODES = ("off", "on", "auto")
-
-
-@functools.cache  # the CPU does not change within a process; every TrainStep of a test suite would re-read it
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (x86 AVX512-BF16 or AMX-BF16, Arm BF16); Linux only.
-    Elsewhere oneDNN emulates bf16 and a step gets slower, not faster."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            words = set(f.read().split())
-    except OSError:
-        return False
-    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_bf16_enabled(mode: str) -> bool:
-    if mode not in CPU_BF16_MODES:
-        raise ValueError(f"cpu_bf16 must be one of {', '.join(CPU_BF16_MODES)}, not {mode!r}")
-    return mode == "on" or (mode == "auto" and cpu_has_bf16())
-
-
 class TrainStep:
     def __init__(self, config: Config, device: str | torch.device = "cpu", model: nn.Module | None = None):
         torch.manual_seed(config.seed)
         self.config = config
         self.device = torch.device(device)
-        cpu_bf16 = cpu_bf16_enabled(config.cpu_bf16)  # checked on every device: a typo fails at once
-        self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_bf16)
+        # cpu_bf16 is checked on every device: a typo fails at once
+        self.bf16 = bf16_autocast_on(self.device, cpu_bf16_enabled(config.cpu_bf16))
         if model is None:
             model = build_model(config).to(self.device)
         if not hasattr(model, "module"):
