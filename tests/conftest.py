@@ -91,6 +91,22 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
+def with_trained_batchnorm(model, input_shape: tuple[int, ...], bias: float = 0.2, passes: int = 3):
+    """``model`` in eval mode after its BNs got random affine parameters and running statistics from ``passes``
+    train-mode forwards of random ``input_shape`` batches: BNs that folding or a file round trip could get wrong."""
+    import torch
+
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-bias, bias)
+        for _ in range(passes):
+            model(torch.rand(*input_shape))
+    return model.eval()
+
+
 def tile_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A normal 'part': smooth shading plus fine texture, like a photographed tile."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import defectray
+from conftest import with_trained_batchnorm
 from defectray.config import get_config
 from defectray.models import build_model, images_to_tensor
 from defectray.models.modelfile import (Detector, NotADefectrayModelError, calibrate, load_model, model_id_of,
@@ -30,16 +31,8 @@ def tiny_config(**kw):
 def trained_ish(cfg):
     """A model whose BN statistics and weights are not the initial ones (so the round trip means something)."""
     torch.manual_seed(0)
-    model = build_model(cfg)
-    model.train()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-        for _ in range(2):
-            model(torch.rand(4, cfg.channels, cfg.image_size, cfg.image_size))
-    return model.eval()
+    return with_trained_batchnorm(build_model(cfg), (4, cfg.channels, cfg.image_size, cfg.image_size), bias=0.3,
+                                  passes=2)
 
 
 def images(rng, channels=1):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import with_trained_batchnorm
 from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
@@ -96,16 +97,8 @@ def test_kernel_sizes_scale_with_resolution():
 
 def test_reparameterize_matches_training_form():
     torch.manual_seed(0)
-    net = DefectPredictionNet(2, base_width=8, depth=4, large_kernel=True, image_size=128)
-    net.train()
-    with torch.no_grad():  # non-trivial BN statistics and affine parameters
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-        for _ in range(3):
-            net(torch.rand(4, 2, 64, 64))
-    net.eval()
+    net = with_trained_batchnorm(DefectPredictionNet(2, base_width=8, depth=4, large_kernel=True, image_size=128),
+                                 (4, 2, 64, 64))
     x = torch.rand(3, 2, 61, 70)
     with torch.no_grad():
         before = net(x)
@@ -124,16 +117,7 @@ def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
     (a score-head model too); reconstruction and logits as the training form's in eval mode."""
     for cfg in (tiny_config(), tiny_config(score_head="shared", upsample="resize-conv")):
         torch.manual_seed(0)
-        model = build_model(cfg, feature_extractor=False)
-        model.train()
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
-            for _ in range(3):
-                model(torch.rand(4, 1, 32, 32))
-        model.eval()
+        model = with_trained_batchnorm(build_model(cfg, feature_extractor=False), (4, 1, 32, 32))
         x = torch.rand(3, 1, 32, 32)
         with torch.no_grad():
             recon, logits = model(x)
