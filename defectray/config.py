@@ -27,7 +27,9 @@ class Config:
     # Views narrower than the fitted short side rarely touch the image border that every inference tile has:
     # at image_size=160 with 128 views the maps peaked there, image AUROC 0.852 (BENCHMARKS.md, session 18).
     train_crop: int | None = None
-    auto_levels: bool = False  # stretch each image's 1-99 % grey-level quantiles to 0..255 (tiling.stretch_levels)
+    # stretch each image's 1-99 % grey-level quantiles to 0..255 (tiling.stretch_levels). Off: at the bf16 cpu-small
+    # default 0.930 / 0.902 image AUROC at seeds 0 / 1 against 0.938 / 0.927 (BENCHMARKS.md, session 34)
+    auto_levels: bool = False
     channels: int = 3  # 1 = grayscale model, 3 = RGB model; inputs are converted to this
     val_fraction: float = 0.1  # normal training images held out for calibration (and validation)
 
