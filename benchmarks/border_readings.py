@@ -43,7 +43,8 @@ def fitted_maps(det, uris: list[str]) -> tuple[list[np.ndarray], list[np.ndarray
     maps, grays = [], []
     for uri in uris:
         x = det.preprocess([io.load_image(uri)])
-        maps.append(det.infer(x)[0])
+        m = det.infer(x)[0]
+        maps.append(m[-1] if m.ndim == 3 else m)  # a score-head model: its head's map, as its image score reads
         grays.append((x[0].mean(axis=0) * 255).astype(np.uint8))
     return maps, grays
 
@@ -81,9 +82,8 @@ def main() -> None:
         masked = [m * (1 - (cv2.dilate(b, np.ones((2 * grow + 1,) * 2, np.uint8)) if grow else b))
                   for m, b in zip(test_maps, backgrounds)]
         print(auroc_line(f"background zeroed, grown {grow}", labels, score(masked)))
+    by_distance = [np.concatenate([m[border_distance(m.shape) == d] for m in held_maps]) for d in range(BORDER + 1)]
     for q in (float(v) for v in args.quantiles.split(",")):
-        by_distance = [np.concatenate([m[border_distance(m.shape) == d] for m in held_maps])
-                       for d in range(BORDER + 1)]
         level = np.array([np.quantile(v, q) for v in by_distance])
         offset = np.maximum(0.0, level - level[BORDER])
         discounted = [m - offset[border_distance(m.shape)] for m in test_maps]
