@@ -13,11 +13,11 @@ the edge blowhole that every model since session 20 misses (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import os
+import posixpath
 
-import cv2
 import numpy as np
 
+from defectray import io
 from defectray.models.modelfile import load_model
 
 
@@ -48,15 +48,14 @@ def main() -> None:
     ap.add_argument("--shifts", nargs="+", type=int, default=[0, -10, -25, -60, -110])
     args = ap.parse_args()
     det = load_model(args.model)
+    items = {f"{it.defect_class}/{posixpath.splitext(posixpath.basename(it.image))[0]}": it
+             for it in io.mvtec_test_items(args.data)}
     print("shifts", " ".join(map(str, args.shifts)), "erased")
     for name in args.images:
-        cls, stem = name.split("/")
-        image = cv2.imread(os.path.join(args.data, "test", cls, stem + ".jpg"), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            image = cv2.imread(os.path.join(args.data, "test", cls, stem + ".png"), cv2.IMREAD_GRAYSCALE)
-        mask = cv2.imread(os.path.join(args.data, "ground_truth", cls, stem + "_mask.png"), cv2.IMREAD_GRAYSCALE)
-        if image is None or mask is None:
-            raise SystemExit(f"{name}: image or mask not found under {args.data}")
+        item = items.get(name)
+        if item is None or item.mask is None:
+            raise SystemExit(f"{name}: no such test image with a mask under {args.data}")
+        image, mask = io.load_image(item.image, channels=1), io.load_image(item.mask, channels=1)
         scores, _ = det.predict(shifted_copies(image, mask > 0, args.shifts))
         print(name, " ".join(f"{s:.2f}" for s in scores))
 
