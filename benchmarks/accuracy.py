@@ -49,6 +49,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
     from defectray.models.modelfile import calibrate, save_model
     from defectray.models.train_step import TrainStep, budget_progress
     from defectray.synthesis import synthesize_batch
+    from defectray.synthesis.augment import vary_exposure
     from defectray.train import (_load_many, build_sources, sources_for_view, split_holdout, steps_per_epoch_for,
                                  training_view, view_size)
 
@@ -69,6 +70,7 @@ def train_local(cfg, data: str, out: str, threads: int, device: str = "cpu") -> 
             if len(idx) < cfg.batch_size:
                 idx = np.concatenate([idx, order[: cfg.batch_size - len(idx)]])
             picked = [training_view(fitted[i], size, rng) for i in idx]
+            picked = [(vary_exposure(v, rng, cfg.exposure_jitter), y, x) for v, y, x in picked]
             if isinstance(sources.foreground, np.ndarray):  # a user ROI: each view its own window of it
                 rows = [synthesize_batch(v[None], cfg.synthesis, rng, sources_for_view(sources, y, x, size),
                                          cfg.anomaly_prob, cfg.rotate_prob) for v, y, x in picked]

@@ -237,8 +237,9 @@ def read_stage(batch: dict[str, np.ndarray], *, paths: list, rows_per_epoch: int
 
 
 def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str, seed: int, anomaly_prob: float,
-                    rotate_prob: float) -> dict[str, np.ndarray]:
+                    rotate_prob: float, exposure_jitter: float = 0.0) -> dict[str, np.ndarray]:
     from defectray.synthesis import synthesize_batch
+    from defectray.synthesis.augment import vary_exposure
 
     src = _cached_get(sources)
     images = batch["image"]
@@ -252,7 +253,10 @@ def synthesis_stage(batch: dict[str, np.ndarray], *, sources: list, method: str,
         if isinstance(src.foreground, np.ndarray):  # a user ROI: the window under this row's training view
             y, x = (int(v) for v in batch["crop"][i])
             row_src = sources_for_view(src, y, x, size)
-        d, c, m = synthesize_batch(images[i : i + 1], method, rng, row_src, anomaly_prob, rotate_prob)
+        view = images[i : i + 1]
+        if exposure_jitter > 0:  # from a stream of its own: the row's view and defect are drawn as without it
+            view = vary_exposure(view, np.random.default_rng(np.random.SeedSequence([seed, 3, e, p])), exposure_jitter)
+        d, c, m = synthesize_batch(view, method, rng, row_src, anomaly_prob, rotate_prob)
         damaged[i], clean[i], masks[i] = d[0], c[0], m[0]
     return {"epoch": batch["epoch"], "position": batch["position"], "index": batch["index"],
             "damaged": damaged, "clean": clean, "mask": masks}
@@ -287,7 +291,8 @@ def build_dataset(train_paths: list[str], config: Config, sources, global_batch:
     ds = ds.map_batches(
         synthesis_stage, batch_size=config.batch_size,
         fn_kwargs=dict(sources=sources_box, method=config.synthesis, seed=config.seed,
-                       anomaly_prob=config.anomaly_prob, rotate_prob=config.rotate_prob),
+                       anomaly_prob=config.anomaly_prob, rotate_prob=config.rotate_prob,
+                       exposure_jitter=config.exposure_jitter),
     )
     from defectray.pacing import pace_scheduling_loop
 

@@ -464,6 +464,36 @@ def test_synthesize_batch_probabilities_and_shapes():
     assert 0.3 < np.mean(counts) / 6 < 0.7
 
 
+def test_vary_exposure_scales_whole_images_within_the_range_and_never_clips_a_bright_one():
+    from defectray.synthesis.augment import vary_exposure
+
+    rng = np.random.default_rng(15)
+    image = tile_image(rng, 48, 64)
+    assert vary_exposure(image, rng, 0.0) is image
+    gains, unchanged = [], 0
+    for seed in range(200):
+        out = vary_exposure(image, np.random.default_rng(seed), 0.6)
+        if out is image:
+            unchanged += 1
+            continue
+        gain = out.astype(np.float64).sum() / image.astype(np.float64).sum()
+        # the same picture, only brighter or darker: every pixel scaled alike (to rounding)
+        assert np.abs(out.astype(np.float64) - image * gain).max() <= 1.0
+        gains.append(gain)
+    assert 70 < unchanged < 130
+    assert 1 / 1.6 - 0.01 < min(gains) < 0.75 and 1.3 < max(gains) < 1.6 + 0.01
+
+    bright = (image.astype(int) + 60).astype(np.uint8)  # 159-213
+    cap = 255 / np.percentile(bright, 99)  # the most gain before the brightest 1 % would clip
+    assert cap < 1.3
+    mid = bright < 200  # not clipped at any gain up to the cap
+    top = []
+    for seed in range(100):
+        out = vary_exposure(bright, np.random.default_rng(seed), 0.6)
+        top.append(np.median(out[mid] / bright[mid].astype(np.float64)))
+    assert max(top) <= cap + 0.02 and max(top) > 1.0
+
+
 def test_synthesize_batch_rotation_and_rgb():
     rng = np.random.default_rng(14)
     rect = np.stack([make_image(rng, 40, 70, 3) for _ in range(4)])

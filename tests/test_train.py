@@ -117,6 +117,29 @@ def test_synthesis_draw_depends_on_epoch_and_position_not_on_batching():
     assert not np.array_equal(other_seed["damaged"], whole["damaged"])
 
 
+def test_exposure_jitter_changes_the_views_brightness_and_nothing_else_about_the_draw():
+    from defectray.synthesis import SynthesisSources
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(60, 200, (8, 32, 32), dtype=np.uint8)
+    batch = {"epoch": np.zeros(8, np.int64), "position": np.arange(8), "index": np.arange(8), "image": images}
+    kw = dict(sources=[SynthesisSources(normal_images=list(images))], method="realistic", seed=5, anomaly_prob=0.0,
+              rotate_prob=0.0)
+    plain = synthesis_stage(batch, **kw)
+    jittered = synthesis_stage(batch, **kw, exposure_jitter=0.6)
+    assert np.array_equal(plain["clean"], images)
+    changed = [i for i in range(8) if not np.array_equal(jittered["clean"][i], images[i])]
+    assert 0 < len(changed) < 8  # about half the views
+    for i in changed:  # the same view, only brighter or darker
+        gain = jittered["clean"][i].astype(float).sum() / images[i].astype(float).sum()
+        assert abs(gain - 1) > 0.005 and np.abs(jittered["clean"][i] - images[i] * gain).max() <= 1.0
+    assert np.array_equal(jittered["clean"], synthesis_stage(batch, **kw, exposure_jitter=0.6)["clean"])
+    # the defects are drawn from the row's own stream, as without the jitter: same rows damaged, same masks
+    kw["anomaly_prob"] = 0.5
+    plain, jittered = synthesis_stage(batch, **kw), synthesis_stage(batch, **kw, exposure_jitter=0.6)
+    assert np.array_equal(plain["mask"].reshape(8, -1).any(axis=1), jittered["mask"].reshape(8, -1).any(axis=1))
+
+
 def test_the_stream_runs_only_a_few_blocks_ahead_of_cpu_trainers_and_freely_ahead_of_gpus():
     cpu = _data_config(use_gpu=False)._resolve_execution_options("train").resource_limits
     gpu = _data_config(use_gpu=True)._resolve_execution_options("train").resource_limits

@@ -17,6 +17,18 @@ def match_channels(source: np.ndarray, like: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(source, cv2.COLOR_GRAY2RGB)
 
 
+def vary_exposure(image: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """Half the time, the whole image as if under another exposure: its grey levels times a gain drawn
+    log-uniformly from 1/(1 + jitter) to 1 + jitter, the top capped so that the 99th percentile stays within 255
+    (a brighter copy of a bright image would only clip). uint8 in and out; the image itself (no draw) at 0."""
+    if jitter <= 0 or rng.random() >= 0.5:
+        return image
+    lo = 1 / (1 + jitter)
+    hi = max(lo, min(1 + jitter, 255.0 / max(1.0, float(np.percentile(image, 99)))))
+    gain = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 def random_affine(
     source: np.ndarray,
     shape: tuple[int, int],
