@@ -170,7 +170,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "flip_average": True,
         # Half the training views under another exposure (gain 1/1.6..1.6). The parts are photographed under six
         # exposures and the net's false alarms followed brightness; with it the image AUROC of three seeds on a 2-core
-        # AVX2 box (float32, 1,460-1,640 steps) was 0.940 / 0.943 / 0.943 against the default's 0.923 / 0.909 / 0.925
+        # AVX2 box (float32, 1,458-1,635 steps) was 0.940 / 0.943 / 0.943 against the default's 0.923 / 0.909 / 0.925
         # at the same seeds (BENCHMARKS.md, session 35)
         "exposure_jitter": 0.6,
     },
