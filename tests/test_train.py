@@ -134,7 +134,7 @@ def test_exposure_jitter_changes_the_views_brightness_and_nothing_else_about_the
         gain = jittered["clean"][i].astype(float).sum() / images[i].astype(float).sum()
         assert abs(gain - 1) > 0.005 and np.abs(jittered["clean"][i] - images[i] * gain).max() <= 1.0
     assert np.array_equal(jittered["clean"], synthesis_stage(batch, **kw, exposure_jitter=0.6)["clean"])
-    # the defects are drawn from the row's own stream, as without the jitter: same rows damaged, same masks
+    # the defects are drawn from the row's own stream, as without the jitter: the same rows get one
     kw["anomaly_prob"] = 0.5
     plain, jittered = synthesis_stage(batch, **kw), synthesis_stage(batch, **kw, exposure_jitter=0.6)
     assert np.array_equal(plain["mask"].reshape(8, -1).any(axis=1), jittered["mask"].reshape(8, -1).any(axis=1))
