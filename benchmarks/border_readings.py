@@ -49,13 +49,14 @@ def fitted_maps(det, uris: list[str]) -> tuple[list[np.ndarray], list[np.ndarray
     return maps, grays
 
 
-def auroc_line(name: str, labels: np.ndarray, scores: np.ndarray) -> str:
+def auroc_line(name: str, labels: np.ndarray, scores: np.ndarray, width: int = 28) -> str:
+    """One reading's image AUROC, overall and per defect class, after its name padded to ``width``."""
     y = labels != "good"
     per = []
     for c in sorted(set(labels) - {"good"}):
         keep = (labels == c) | (labels == "good")
         per.append(f"{c} {roc_auc_score(y[keep], scores[keep]):.4f}")
-    return f"{name:28s} {roc_auc_score(y, scores):.4f}  ({' / '.join(per)})"
+    return f"{name:{width}s} {roc_auc_score(y, scores):.4f}  ({' / '.join(per)})"
 
 
 def main() -> None:

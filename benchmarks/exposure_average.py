@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import sys
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from defectray import io
-from defectray.models.modelfile import load_model
-from defectray.models.scoring import image_scores
+sys.path.insert(0, os.path.dirname(__file__))
+from border_readings import auroc_line  # noqa: E402
+
+from defectray import io  # noqa: E402
+from defectray.models.modelfile import load_model  # noqa: E402
+from defectray.models.scoring import image_scores  # noqa: E402
 
 
 def at_gain(fitted: np.ndarray, gain: float) -> np.ndarray:
@@ -31,15 +35,6 @@ def at_gain(fitted: np.ndarray, gain: float) -> np.ndarray:
     if gain > 1:
         gain = min(gain, max(1.0, 1.0 / max(float(np.percentile(fitted, 99)), 1e-6)))
     return np.clip(fitted * gain, 0.0, 1.0).astype(np.float32)
-
-
-def auroc_line(name: str, labels: np.ndarray, scores: np.ndarray) -> str:
-    y = labels != "good"
-    per = []
-    for c in sorted(set(labels) - {"good"}):
-        keep = (labels == c) | (labels == "good")
-        per.append(f"{c} {roc_auc_score(y[keep], scores[keep]):.4f}")
-    return f"{name:32s} {roc_auc_score(y, scores):.4f}  ({' / '.join(per)})"
 
 
 def main() -> None:
@@ -64,13 +59,14 @@ def main() -> None:
 
     print(f"{len(items)} test images, top-{det.top_k} reading, gains {gains}")
     for g in gains:
-        print(auroc_line(f"gain {g:g} alone", labels, score(maps[g])))
+        print(auroc_line(f"gain {g:g} alone", labels, score(maps[g]), width=32))
     for k in range(2, len(gains) + 1):
         for subset in itertools.combinations(gains, k):
             if gains[0] not in subset:
                 continue
             averaged = [np.mean([maps[g][i] for g in subset], axis=0) for i in range(len(items))]
-            print(auroc_line("maps averaged at " + ", ".join(f"{g:g}" for g in subset), labels, score(averaged)))
+            name = "maps averaged at " + ", ".join(f"{g:g}" for g in subset)
+            print(auroc_line(name, labels, score(averaged), width=32))
 
 
 if __name__ == "__main__":
