@@ -387,6 +387,9 @@ def _train_loop(loop: dict) -> None:
     device = ray.train.torch.get_device()
     distributed = dist.is_available() and dist.is_initialized() and world > 1
 
+    # Seeded before the model is built: TrainStep seeds too, but only after this model exists, and a Ray
+    # worker's torch generator starts wherever that process left it (runs of one seed got other weights).
+    torch.manual_seed(config.seed)
     model = ray.train.torch.prepare_model(build_model(config))
     step = TrainStep(config, device=device, model=model)
     if rank == 0:

@@ -215,7 +215,7 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert "defectray train: error:" in err and "Traceback" not in err
 
 
-def test_train_from_s3_with_a_step_budget(ray_local, s3_bucket, make_mvtec_s3):
+def test_train_from_s3_with_a_step_budget_twice_gives_one_model(ray_local, s3_bucket, make_mvtec_s3):
     bucket, data = make_mvtec_s3(s3_bucket)
     config = tiny_config(epochs=5, max_steps=3)
     out = f"s3://{bucket}/models/tile"
@@ -227,6 +227,10 @@ def test_train_from_s3_with_a_step_budget(ray_local, s3_bucket, make_mvtec_s3):
     fs, path = io.url_to_fs(result.storage_path)
     assert fs.glob(f"{path}/{result.run_name}/checkpoint_*/meta.json")  # checkpoints landed in S3
     assert defectray.load_model(result.model_uri).model_id == result.model_id
+    # One seed and a step budget, one model: the same run again elsewhere trains the same weights (the Ray
+    # worker once built its net before seeding torch, so each run started from other weights).
+    again = train(config, data, f"s3://{bucket}/models/tile-again", workers=1, use_gpu=False)
+    assert again.model_id == result.model_id
 
 
 @pytest.fixture
