@@ -7,9 +7,10 @@ The pipeline, top to bottom:
 2. Ray Data streams the row ids ``0 .. epochs * rows_per_epoch``. Row ``id`` is epoch-major: epoch
    ``id // rows_per_epoch``, position ``id % rows_per_epoch``; the image at a position is fixed by a per-epoch
    permutation seeded from (seed, epoch). Each row is read, decoded and resized, then a synthetic defect is
-   painted on it with an RNG seeded from (seed, epoch, position). So every epoch is a fresh draw, and a run is
-   reproducible whatever the block scheduling. ``rows_per_epoch`` is padded to a multiple of the global batch
-   (workers x batch_size), so every worker gets the same number of full batches per epoch.
+   painted on it with an RNG seeded from (seed, epoch, position). So every epoch is a fresh draw, and a run with
+   a step or epoch budget is reproducible whatever the block scheduling (the workers seed torch before building
+   the net; a wall-clock budget ends at another step each run). ``rows_per_epoch`` is padded to a multiple of
+   the global batch (workers x batch_size), so every worker gets the same number of full batches per epoch.
 3. Ray Train ``TorchTrainer`` runs ``_train_loop`` on N workers (GPU each when present, else CPU/gloo).
    Workers only train: they take ready (damaged, clean, mask) batches from ``get_dataset_shard``.
    An epoch is ``steps_per_epoch`` batches; after each, rank 0 writes a checkpoint and every worker reports.
