@@ -119,6 +119,7 @@ VARIANTS = {
     "all three": {**SESSION12, "upsample": "conv-resize", "recon_base_width": 8, "feature_extractor": "none"},
     "cpu-small (conv-resize, width 8, batch 8)": {"cpu_bf16": "off"},
     "cpu-small, large_kernel=false": {"large_kernel": False, "cpu_bf16": "off"},
+    "cpu-small, seg_base_width=12": {"seg_base_width": 12, "cpu_bf16": "off"},
     # bf16 autocast on CPU: 1.2-1.4x on CPUs with bf16 instructions (session 32), emulated and slower elsewhere
     "cpu-small, cpu_bf16=on": {"cpu_bf16": "on"},
     "cpu-small, large_kernel=false, cpu_bf16=on": {"large_kernel": False, "cpu_bf16": "on"},
