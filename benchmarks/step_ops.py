@@ -120,6 +120,10 @@ VARIANTS = {
     "cpu-small (conv-resize, width 8, batch 8)": {"cpu_bf16": "off"},
     "cpu-small, large_kernel=false": {"large_kernel": False, "cpu_bf16": "off"},
     "cpu-small, seg_base_width=12": {"seg_base_width": 12, "cpu_bf16": "off"},
+    # no reconstruction network (session 42): the prediction net alone; at width 24 it costs what the default does
+    "cpu-small, recon_base_width=0": {"recon_base_width": 0, "feature_extractor": "none", "cpu_bf16": "off"},
+    "cpu-small, recon_base_width=0, seg_base_width=24": {"recon_base_width": 0, "feature_extractor": "none",
+                                                         "seg_base_width": 24, "cpu_bf16": "off"},
     # bf16 autocast on CPU: 1.2-1.4x on CPUs with bf16 instructions (session 32), emulated and slower elsewhere
     "cpu-small, cpu_bf16=on": {"cpu_bf16": "on"},
     "cpu-small, large_kernel=false, cpu_bf16=on": {"large_kernel": False, "cpu_bf16": "on"},

@@ -45,6 +45,8 @@ class Config:
     foreground: str = "otsu"  # "otsu", "full" (flat textured surfaces) or a URI of an ROI mask
 
     # --- reconstruction network -------------------------------------------------------------------
+    # 0 = no reconstruction network: the prediction net sees the image alone (needs feature_extractor="none").
+    # A cpu-small step ~0.6x as dear; on 2 cores, level image AUROC, mixed pixel metrics (BENCHMARKS.md, session 42)
     recon_base_width: int = 128
     recon_depth: int = 5  # encoder blocks (width doubles up to x8)
     # decoder stages of both networks: "resize-conv" (DRAEM) or "conv-resize" (the width-halving conv at the

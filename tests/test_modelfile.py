@@ -64,6 +64,19 @@ def test_round_trip_local(tmp_path):
     assert defectray.load_model(path).model_id == model_id
 
 
+def test_round_trip_without_a_reconstruction_network(tmp_path):
+    cfg = tiny_config(recon_base_width=0, feature_extractor="none", flip_average=False)
+    model = trained_ish(cfg)
+    path = str(tmp_path / "model.safetensors")
+    save_model(path, model, cfg)
+    det = load_model(path)
+    assert det.model.reconstruction is None
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x)[1], 1)[:, 1]
+    np.testing.assert_allclose(det.infer(x.numpy()), expected.numpy(), atol=1e-5)
+
+
 def test_cpu_bf16_inference_follows_the_config(tmp_path):
     """cpu_bf16="on" runs the Detector under bf16 autocast on CPU: maps near float32's, not equal to them;
     "off" is the float32 forward exactly as before."""

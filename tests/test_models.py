@@ -55,6 +55,24 @@ def test_feature_extractor_kinds(kind, cls):
     assert (feature.item() == 0) == (kind == "none")
 
 
+def test_without_a_reconstruction_network_the_prediction_net_sees_the_image_alone():
+    model = build_model(tiny_config(recon_base_width=0, feature_extractor="none"))
+    first_conv = next(m for m in model.prediction.modules() if isinstance(m, torch.nn.Conv2d))
+    assert model.reconstruction is None and first_conv.in_channels == 1
+    assert not any(k.startswith("reconstruction.") for k in model.state_dict())
+    x = torch.rand(2, 1, 37, 50)
+    recon, logits = model.eval()(x)
+    assert recon is None and logits.shape == (2, 2, 37, 50)
+    recon, logits, feature = model(x, clean=x)
+    assert recon is None and feature.item() == 0.0
+    # the feature losses compare reconstructions: without one they are refused when the model is built
+    for kind in ("copy", "gradient"):
+        with pytest.raises(ValueError, match="recon_base_width=0"):
+            build_model(tiny_config(recon_base_width=0, feature_extractor=kind))
+    with pytest.raises(ValueError, match="recon_base_width"):
+        build_model(tiny_config(recon_base_width=-1))
+
+
 def test_upsample_order_changes_the_computation_not_the_weights():
     """Both orders hold the same parameters (a model file's tensors fit either), compute different maps, and
     a name outside the two is refused when the network is built, not at its first forward."""
@@ -412,6 +430,17 @@ def test_tiny_model_overfits_a_handful_of_samples():
     assert 0.0 < losses[0]["dice"] <= 1.0 and losses[-1]["dice"] < losses[0]["dice"]
     without_dice = TrainStep(cfg.replace(dice_weight=0.0))(damaged, clean, mask)
     assert set(without_dice) == {"loss", "l2", "ssim", "feature", "focal"}
+
+
+def test_a_model_without_reconstruction_learns_the_masks_alone():
+    cfg = tiny_config(recon_base_width=0, feature_extractor="none")
+    damaged, clean, mask = synthetic_batch(8, 32)
+    step = TrainStep(cfg)
+    iou_before = mask_iou(step.model, damaged, mask)
+    losses = [step(damaged, clean, mask) for _ in range(100)]
+    assert all(l["l2"] == l["ssim"] == l["feature"] == 0.0 for l in losses)  # nothing to reconstruct
+    assert losses[-1]["focal"] < 0.3 * losses[0]["focal"]
+    assert mask_iou(step.model, damaged, mask) > max(0.5, iou_before + 0.3)
 
 
 def test_train_step_is_deterministic_and_resumes():

@@ -23,9 +23,13 @@ SCORE_HEADS = ("none", "shared", "detached")
 
 
 class DefectModel(nn.Module):
-    """reconstruction -> prediction over concat(image, reconstruction); optional feature extractor."""
+    """reconstruction -> prediction over concat(image, reconstruction); optional feature extractor.
 
-    def __init__(self, reconstruction: ReconstructionNet, prediction: DefectPredictionNet, feature_extractor=None):
+    Without a reconstruction network (``recon_base_width=0``) the prediction net sees the image alone and
+    ``recon`` is None."""
+
+    def __init__(self, reconstruction: ReconstructionNet | None, prediction: DefectPredictionNet,
+                 feature_extractor=None):
         super().__init__()
         self.reconstruction = reconstruction
         self.prediction = prediction
@@ -36,6 +40,9 @@ class DefectModel(nn.Module):
 
         The loss is computed inside forward so that a DistributedDataParallel wrapper sees every parameter
         use in its own forward call."""
+        if self.reconstruction is None:
+            logits = self.prediction(x)
+            return (None, logits) if clean is None else (None, logits, x.new_zeros((), dtype=torch.float32))
         recon = self.reconstruction(x)
         logits = self.prediction(torch.cat([x, recon], dim=1))
         if clean is None:
@@ -57,12 +64,20 @@ class DefectModel(nn.Module):
 
 def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     """The model ``config`` describes. ``feature_extractor=False`` leaves the extractor out (inference)."""
-    reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
-                                       config.upsample)
+    if config.recon_base_width < 0:
+        raise ValueError(f"recon_base_width must be >= 0, not {config.recon_base_width}")
+    reconstruction = None
+    if config.recon_base_width:
+        reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
+                                           config.upsample)
+    elif feature_extractor and config.feature_extractor != "none":
+        raise ValueError(f"feature_extractor={config.feature_extractor!r} compares reconstructions; with "
+                         "recon_base_width=0 (no reconstruction network) use feature_extractor='none'")
     if config.score_head not in SCORE_HEADS:
         raise ValueError(f"score_head must be one of {', '.join(SCORE_HEADS)}, not {config.score_head!r}")
     outputs = 2 if config.score_head == "none" else 3  # (normal, defect) logits, then the score head's logit
-    prediction = DefectPredictionNet(2 * config.channels, outputs, config.seg_base_width, config.seg_depth,
+    inputs = 2 * config.channels if reconstruction is not None else config.channels  # image (+ reconstruction)
+    prediction = DefectPredictionNet(inputs, outputs, config.seg_base_width, config.seg_depth,
                                      config.large_kernel, config.kernel_sizes, config.image_size, config.upsample,
                                      detach_last=config.score_head == "detached")
     extractor = (build_feature_extractor(config.feature_extractor, reconstruction, config.channels,

@@ -41,6 +41,8 @@ def _inference_state(model: DefectModel) -> dict[str, torch.Tensor]:
     net = getattr(model, "module", model)
     state = {}
     for prefix, part in (("reconstruction.", net.reconstruction), ("prediction.", net.prediction)):
+        if part is None:  # recon_base_width=0
+            continue
         for k, v in part.state_dict().items():
             state[prefix + k] = v.detach().to("cpu").contiguous()
     return state

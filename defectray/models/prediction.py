@@ -1,4 +1,5 @@
-"""The defect prediction network: a U-Net over concat(image, reconstruction) -> 2-channel logits.
+"""The defect prediction network: a U-Net over concat(image, reconstruction) -> 2-channel logits (over the image
+alone when the config has no reconstruction network, ``recon_base_width=0``).
 
 DRAEM's discriminative sub-network (``depth`` levels, widths base x 1, 2, 4, 8, 8, 8, skip connections)
 with, per Peng et al., a RepLKNet large-kernel block after the double conv of encoder levels 1..4.
