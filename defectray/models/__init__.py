@@ -40,15 +40,12 @@ class DefectModel(nn.Module):
 
         The loss is computed inside forward so that a DistributedDataParallel wrapper sees every parameter
         use in its own forward call."""
-        if self.reconstruction is None:
-            logits = self.prediction(x)
-            return (None, logits) if clean is None else (None, logits, x.new_zeros((), dtype=torch.float32))
-        recon = self.reconstruction(x)
-        logits = self.prediction(torch.cat([x, recon], dim=1))
+        recon = self.reconstruction(x) if self.reconstruction is not None else None
+        logits = self.prediction(x if recon is None else torch.cat([x, recon], dim=1))
         if clean is None:
             return recon, logits
-        if self.feature_extractor is None:
-            return recon, logits, recon.new_zeros((), dtype=torch.float32)
+        if self.feature_extractor is None:  # always so without a reconstruction network (build_model)
+            return recon, logits, logits.new_zeros((), dtype=torch.float32)
         with torch.no_grad():
             target = self.feature_extractor(clean)
         feature = feature_consistency_loss(self.feature_extractor(recon), [t.detach() for t in target])
