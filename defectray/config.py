@@ -47,7 +47,7 @@ class Config:
     # --- reconstruction network -------------------------------------------------------------------
     # 0 = no reconstruction network: the prediction net sees the image alone (needs feature_extractor="none").
     # A cpu-small step ~0.6x as dear; on 2 cores level image AUROC, also with the time spent on a prediction net of
-    # width 24 (four seeds: mean 0.930 against the default's 0.927; BENCHMARKS.md, sessions 42-43)
+    # width 24 (four seeds: mean 0.930 against the default's 0.932; BENCHMARKS.md, sessions 42-43)
     recon_base_width: int = 128
     recon_depth: int = 5  # encoder blocks (width doubles up to x8)
     # decoder stages of both networks: "resize-conv" (DRAEM) or "conv-resize" (the width-halving conv at the
