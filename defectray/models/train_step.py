@@ -77,9 +77,11 @@ class TrainStep:
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             recon, logits, feature = self.model(damaged, clean=clean)
-        zero = logits.new_zeros((), dtype=torch.float32)
-        l2 = l2_loss(recon, clean) if recon is not None else zero
-        ssim = ssim_loss(recon, clean) if recon is not None else zero
+        if recon is None:  # recon_base_width=0: nothing to reconstruct
+            l2 = ssim = logits.new_zeros((), dtype=torch.float32)
+        else:
+            l2 = l2_loss(recon, clean)
+            ssim = ssim_loss(recon, clean)
         pixel = logits[:, :2]  # (normal, defect); a score head's logit follows
         focal = focal_loss(pixel, target, cfg.focal_gamma)
         feature = feature.float()
