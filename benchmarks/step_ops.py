@@ -124,6 +124,11 @@ VARIANTS = {
     "cpu-small, recon_base_width=0": {"recon_base_width": 0, "feature_extractor": "none", "cpu_bf16": "off"},
     "cpu-small, recon_base_width=0, seg_base_width=24": {"recon_base_width": 0, "feature_extractor": "none",
                                                          "seg_base_width": 24, "cpu_bf16": "off"},
+    # session 44: kernels covering twice the fraction (29/27/15 at 128 px; the FFT weight gradient keeps them
+    # nearly free) and one encoder level more or less
+    "cpu-small, kernel_sizes x2": {"kernel_sizes": [61, 57, 53, 25], "cpu_bf16": "off"},
+    "cpu-small, seg_depth=5": {"seg_depth": 5, "cpu_bf16": "off"},
+    "cpu-small, seg_depth=3": {"seg_depth": 3, "cpu_bf16": "off"},
     # bf16 autocast on CPU: 1.2-1.4x on CPUs with bf16 instructions (session 32), emulated and slower elsewhere
     "cpu-small, cpu_bf16=on": {"cpu_bf16": "on"},
     "cpu-small, large_kernel=false, cpu_bf16=on": {"large_kernel": False, "cpu_bf16": "on"},
