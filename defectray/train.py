@@ -631,6 +631,9 @@ def train(
     if workers < 1:
         raise ValueError("workers must be at least 1")
     view_size(config)  # a bad train_crop fails here, not in the data tasks
+    from defectray.synthesis import get_synthesizer
+
+    get_synthesizer(config.synthesis)  # so does an unknown method or a bad mix
     # Ray workers run in their own working directory: a relative local path must mean the caller's.
     data, out = _absolute(data), _absolute(out)
     validation = _absolute(validation) if validation else validation

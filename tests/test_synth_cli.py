@@ -23,7 +23,7 @@ def test_list_prints_methods_one_per_line(capsys):
     assert capsys.readouterr().out.split("\n")[:-1] == list_synthesizers()
 
 
-@pytest.mark.parametrize("method", ["realistic", "draem", "nsa", "fpi"])
+@pytest.mark.parametrize("method", ["realistic", "draem", "nsa", "fpi", "realistic:0.7,nsa:0.3"])
 def test_writes_samples_masks_and_grid(tiny_mvtec, tmp_path, method):
     out = tmp_path / "out"
     assert synth("--method", method, "--images", str(tiny_mvtec), "--out", str(out), "--count", "5",
@@ -95,7 +95,9 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, tiny_mvtec, capsys):
     cases = [
         (["--images", str(empty), "--out", str(tmp_path / "o1")], "no images"),
         (["--images", str(broken), "--out", str(tmp_path / "o2")], "x.png"),
-        (["--method", "nope", "--images", str(tiny_mvtec), "--out", str(tmp_path / "o3")], "unknown method"),
+        (["--method", "nope", "--images", str(tiny_mvtec), "--out", str(tmp_path / "o3")], "unknown synthesis method"),
+        (["--method", "realistic:0.7,nsa", "--images", str(tiny_mvtec), "--out", str(tmp_path / "o8")],
+         "positive weight"),
         (["--images", str(tmp_path / "missing"), "--out", str(tmp_path / "o4")], "missing"),
         (["--out", str(tmp_path / "o5")], "--images"),
         (["--images", str(tiny_mvtec), "--out", str(tmp_path / "o6"), "--count", "0"], "--count"),

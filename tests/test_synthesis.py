@@ -533,3 +533,68 @@ def test_synthesize_batch_rejects_bad_input():
         synthesize_batch(np.zeros((2, 8, 8), np.float32), "draem", np.random.default_rng(0), SynthesisSources())
     with pytest.raises(ValueError, match="known"):
         synthesize_batch(np.zeros((2, 8, 8), np.uint8), "nope", np.random.default_rng(0), SynthesisSources())
+
+
+# ---- mixes of methods ------------------------------------------------------------------------------
+
+
+def _marker(value: int):
+    def paint(image, rng, sources):
+        rng.random()  # a method consumes draws of its own, as the real ones do
+        mask = np.zeros(image.shape[:2], np.float32)
+        mask[0, 0] = 1
+        out = image.copy()
+        out[0, 0] = value
+        return out, mask
+
+    return paint
+
+
+def test_mix_paints_each_defect_with_one_method_drawn_by_weight(monkeypatch):
+    monkeypatch.setitem(SYNTHESIZERS, "mark-a", _marker(10))
+    monkeypatch.setitem(SYNTHESIZERS, "mark-b", _marker(200))
+    mixed = get_synthesizer("mark-a:0.7, mark-b:0.3")
+    image = np.full((8, 8), 100, np.uint8)
+    rng = np.random.default_rng(0)
+    picks = [int(mixed(image, rng, SynthesisSources())[0][0, 0]) for _ in range(4000)]
+    assert set(picks) == {10, 200}
+    assert picks.count(200) / len(picks) == pytest.approx(0.3, abs=0.025)
+    # weights need not sum to 1
+    rng = np.random.default_rng(0)
+    assert [int(get_synthesizer("mark-a:7,mark-b:3")(image, rng, SynthesisSources())[0][0, 0])
+            for _ in range(4000)] == picks
+
+
+def test_mix_of_real_methods_is_deterministic_and_keeps_the_invariants():
+    rng = np.random.default_rng(4)
+    image = make_image(rng, 64, 80, 1)
+    sources = make_sources(rng, 1, with_banks=True)
+    mixed = get_synthesizer("realistic:0.7,nsa:0.3")
+    first = [mixed(image, np.random.default_rng(s), sources) for s in range(12)]
+    again = [mixed(image, np.random.default_rng(s), sources) for s in range(12)]
+    for (d1, m1), (d2, m2) in zip(first, again):
+        assert np.array_equal(d1, d2) and np.array_equal(m1, m2)
+        assert d1.shape == image.shape and d1.dtype == np.uint8
+        assert m1.any() and np.array_equal(d1[m1 == 0], image[m1 == 0])
+    damaged, clean, masks = synthesize_batch(np.stack([image] * 4), "realistic:0.7,nsa:0.3",
+                                             np.random.default_rng(1), sources, anomaly_prob=1.0)
+    assert damaged.shape == clean.shape == (4, 64, 80) and all(m.any() for m in masks)
+
+
+def test_a_one_method_spec_is_that_method():
+    assert get_synthesizer("realistic:1") is SYNTHESIZERS["realistic"]
+    assert get_synthesizer(" nsa ") is SYNTHESIZERS["nsa"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("realistic:0.7,nsa", "positive weight"),
+    ("realistic:0,nsa:1", "positive weight"),
+    ("realistic:-1,nsa:1", "positive weight"),
+    ("realistic:x,nsa:1", "positive weight"),
+    ("realistic:inf,nsa:1", "positive weight"),
+    ("realistic:0.5,realistic:0.5", "twice"),
+    ("realistic:0.7,perlin-magic:0.3", "unknown synthesis method 'perlin-magic'"),
+])
+def test_bad_mix_specs_fail_with_a_clear_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        get_synthesizer(spec)

@@ -87,6 +87,8 @@ def test_train_crop_sets_the_view_size_not_the_scale(tmp_path):
     assert full["image"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="train_crop"):
         train(tiny_config(train_crop=64), str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="positive weight"):  # before Ray starts, not in the data tasks
+        train(tiny_config(synthesis="realistic:0.7,nsa"), str(tmp_path), str(tmp_path / "out"))
 
 
 def test_epoch_order_is_a_fresh_seeded_permutation():

@@ -15,6 +15,7 @@ import argparse
 EXAMPLES = """examples:
   defectray synth --list
   defectray synth --method realistic --images /data/magnetic-tile --out /tmp/synth
+  defectray synth --method realistic:0.7,nsa:0.3 --images /data/magnetic-tile --out /tmp/mix --size 128
   defectray synth --method draem --images s3://bucket/parts/train/good --textures /data/dtd/images \\
       --out /tmp/draem --count 32 --seed 1 --size 128
 """
@@ -25,7 +26,9 @@ MAX_PREVIEW = 16
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="print the synthesis methods, one per line, and exit")
-    parser.add_argument("--method", default="realistic", help="synthesis method (default: realistic; see --list)")
+    parser.add_argument("--method", default="realistic",
+                        help="synthesis method (default: realistic; see --list), or a mix such as realistic:0.7,nsa:0.3 "
+                        "(each sample from one of them, drawn by weight)")
     parser.add_argument("--images", help="folder/URI of normal images, or an MVTec category (uses train/good)")
     parser.add_argument("--out", help="output folder (local or URI)")
     parser.add_argument("--count", type=int, default=16, help="number of samples (default: 16)")
@@ -40,13 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from defectray.cli import CommandError
-    from defectray.synthesis import list_synthesizers
+    from defectray.synthesis import get_synthesizer, list_synthesizers
 
     if args.list:
         print("\n".join(list_synthesizers()))
         return 0
-    if args.method not in list_synthesizers():
-        raise CommandError(f"unknown method {args.method!r}; known: {', '.join(list_synthesizers())}")
+    try:
+        get_synthesizer(args.method)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     if not args.images or not args.out:
         raise CommandError("--images and --out are required (or use --list)")
     if args.count < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,11 +24,53 @@ def register(name: str) -> Callable[[Synthesizer], Synthesizer]:
     return decorator
 
 
-def get_synthesizer(name: str) -> Synthesizer:
+def _named(name: str) -> Synthesizer:
     try:
         return SYNTHESIZERS[name]
     except KeyError:
         raise ValueError(f"unknown synthesis method {name!r}; known: {', '.join(list_synthesizers())}") from None
+
+
+def parse_mix(spec: str) -> list[tuple[str, float]]:
+    """``"realistic"`` -> [("realistic", 1.0)]; ``"realistic:0.7,nsa:0.3"`` -> [("realistic", 0.7), ("nsa", 0.3)].
+    Names are checked against the registry; weights must be positive (they need not sum to 1)."""
+    items = [item.strip() for item in spec.split(",")]
+    if len(items) == 1 and ":" not in items[0]:
+        _named(items[0])
+        return [(items[0], 1.0)]
+    parts: list[tuple[str, float]] = []
+    for item in items:
+        name, _, weight = item.partition(":")
+        name = name.strip()
+        try:
+            w = float(weight)
+        except ValueError:
+            w = float("nan")
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"synthesis mix {spec!r}: {item!r} needs a positive weight, as in 'realistic:0.7,nsa:0.3'")
+        if name in (n for n, _ in parts):
+            raise ValueError(f"synthesis mix {spec!r} names {name!r} twice")
+        _named(name)
+        parts.append((name, w))
+    return parts
+
+
+def get_synthesizer(spec: str) -> Synthesizer:
+    """The method named ``spec``, or a mix of methods (``"realistic:0.7,nsa:0.3"``, see parse_mix): each call
+    paints its defect with one of them, drawn with those weights from the call's own rng, so a seed still
+    gives byte-identical output."""
+    parts = parse_mix(spec)
+    if len(parts) == 1:
+        return _named(parts[0][0])
+    methods = [_named(name) for name, _ in parts]
+    cdf = np.cumsum([w for _, w in parts])
+    cdf = cdf / cdf[-1]
+
+    def mixed(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSources) -> tuple[np.ndarray, np.ndarray]:
+        pick = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(methods) - 1)
+        return methods[pick](image, rng, sources)
+
+    return mixed
 
 
 def list_synthesizers() -> list[str]:
