@@ -4,7 +4,8 @@ Each method is ``fn(image, rng, sources) -> (damaged, mask)``: ``image`` uint8 (
 size, ``rng`` a numpy Generator (the only source of randomness, so a seed gives byte-identical output),
 ``sources`` the banks it may take appearance from. ``damaged`` has the image's shape and dtype and equals
 it exactly wherever ``mask`` is 0; ``mask`` is float32 (H, W) in [0, 1] and never empty. Methods register
-by name so training picks one by config. Pure numpy/OpenCV: no Ray, no torch needed.
+by name so training picks one by config, or a mix by weight (``"realistic:0.7,nsa:0.3"``: each defect
+is painted by one of them; registry.get_synthesizer). Pure numpy/OpenCV: no Ray, no torch needed.
 """
 
 from __future__ import annotations
