@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(list_synthesizers()))
         return 0
     try:
-        get_synthesizer(args.method)
+        synthesize = get_synthesizer(args.method)
     except ValueError as e:
         raise CommandError(str(e)) from None
     if not args.images or not args.out:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from defectray import io
     from defectray.models.tiling import center_crop, fit_image
-    from defectray.synthesis import SynthesisSources, get_synthesizer, load_bank
+    from defectray.synthesis import SynthesisSources, load_bank
     from defectray.synthesis.preview import preview_sheet
 
     paths = io.training_images(args.images)
@@ -104,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
         defects=load_bank(args.defects, ch),
         foreground=foreground,
     )
-    synthesize = get_synthesizer(args.method)
     damaged, masks = [], []
     for k, image in enumerate(targets):
         out, mask = synthesize(image, rng, sources)

@@ -67,8 +67,8 @@ def get_synthesizer(spec: str) -> Synthesizer:
     cdf = cdf / cdf[-1]
 
     def mixed(image: np.ndarray, rng: np.random.Generator, sources: SynthesisSources) -> tuple[np.ndarray, np.ndarray]:
-        pick = min(int(np.searchsorted(cdf, rng.random(), side="right")), len(methods) - 1)
-        return methods[pick](image, rng, sources)
+        # cdf[-1] is exactly 1.0 and rng.random() < 1, so the index is always a method's
+        return methods[int(np.searchsorted(cdf, rng.random(), side="right"))](image, rng, sources)
 
     return mixed
 
