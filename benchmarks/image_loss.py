@@ -27,7 +27,7 @@ BUCKETS = ("touches the frame", "within 2 %", "within 4 %", "further in")
 
 
 def frame_distance(mask: np.ndarray) -> float:
-    """Pixels between the mask's nearest pixel and the frame, over the short side; inf for an empty mask."""
+    """The mask's nearest pixel's distance to the frame over the image's short side; inf for an empty mask."""
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return float("inf")
@@ -82,7 +82,8 @@ def report_scores(eval_dir: str, data: str, worst: int) -> None:
             print(f"{'all':<12}{where:<20}{len(losses):>8}{sum(losses) / n:>9.4f}")
     print(f"worst {worst} defects (share of good images above each, score):")
     for d in sorted(defects, key=lambda d: -d["loss"])[:worst]:
-        print(f"  {d['loss']:.3f}  {os.path.basename(d['image']):<26}{d['defect_class']:<10}{d['where']:<20}{d['score']:.3f}")
+        name = os.path.basename(d["image"])
+        print(f"  {d['loss']:.3f}  {name:<26}{d['defect_class']:<10}{d['where']:<20}{d['score']:.3f}")
     print(f"good images: median {np.median(good):.3f}, 90th percentile {np.quantile(good, 0.9):.3f}")
 
 
