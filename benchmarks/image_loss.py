@@ -41,11 +41,6 @@ def bucket(distance: float) -> str:
     return BUCKETS[1] if distance < 0.02 else BUCKETS[2] if distance < 0.04 else BUCKETS[3]
 
 
-def mask_path(data: str, image: str, defect_class: str) -> str:
-    stem = os.path.splitext(os.path.basename(image))[0]
-    return os.path.join(data, "ground_truth", defect_class, f"{stem}_mask.png")
-
-
 def image_losses(rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
     """(good scores, defect rows each with its ``loss``) for scores.csv rows (image, defect_class, score)."""
     good = np.array([float(r["score"]) for r in rows if r["defect_class"] == "good"])
@@ -65,10 +60,15 @@ def report_scores(eval_dir: str, data: str, worst: int) -> None:
         rows = list(csv.DictReader(f))
     good, defects = image_losses(rows)
     n = len(defects)
+    # The evaluation wrote each image as io.mvtec_test_items names it, so the same call finds its mask.
+    masks = {item.image: item.mask for item in io.mvtec_test_items(data)}
+    unknown = [d["image"] for d in defects if d["image"] not in masks]
+    if unknown:
+        raise SystemExit(f"{len(unknown)} images of scores.csv are not in {data}/test, e.g. {unknown[0]}")
     table: dict[tuple[str, str], list[float]] = {}
     for d in defects:
-        path = mask_path(data, d["image"], d["defect_class"])
-        where = bucket(frame_distance(io.load_image(path, channels=1) > 0)) if os.path.exists(path) else "no mask"
+        path = masks[d["image"]]
+        where = bucket(frame_distance(io.load_image(path, channels=1) > 0)) if path else "no mask"
         d["where"] = where
         table.setdefault((d["defect_class"], where), []).append(d["loss"])
     total = sum(d["loss"] for d in defects) / n
