@@ -59,10 +59,10 @@ def get_synthesizer(spec: str) -> Synthesizer:
     """The method named ``spec``, or a mix of methods (``"realistic:0.7,nsa:0.3"``, see parse_mix): each call
     paints its defect with one of them, drawn with those weights from the call's own rng, so a seed still
     gives byte-identical output."""
-    parts = parse_mix(spec)
-    if len(parts) == 1:
-        return _named(parts[0][0])
-    methods = [_named(name) for name, _ in parts]
+    parts = parse_mix(spec)  # checks every name
+    methods = [SYNTHESIZERS[name] for name, _ in parts]
+    if len(methods) == 1:
+        return methods[0]
     cdf = np.cumsum([w for _, w in parts])
     cdf = cdf / cdf[-1]
 
