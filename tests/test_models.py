@@ -12,7 +12,7 @@ from conftest import with_trained_batchnorm
 from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
-from defectray.models.layers import ReparamLargeKernelConv, depthwise_conv2d
+from defectray.models.layers import PartialConv2d, ReparamLargeKernelConv, depthwise_conv2d
 from defectray.models.losses import (defect_dice_loss, feature_consistency_loss, focal_loss, image_peak_loss, ssim,
                                      ssim_loss, two_class_logits)
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
@@ -113,10 +113,11 @@ def test_kernel_sizes_scale_with_resolution():
 
 # --- re-parameterisation -------------------------------------------------------------------------------
 
-def test_reparameterize_matches_training_form():
+@pytest.mark.parametrize("padding", ["zeros", "partial"])
+def test_reparameterize_matches_training_form(padding):
     torch.manual_seed(0)
-    net = with_trained_batchnorm(DefectPredictionNet(2, base_width=8, depth=4, large_kernel=True, image_size=128),
-                                 (4, 2, 64, 64))
+    net = with_trained_batchnorm(DefectPredictionNet(2, base_width=8, depth=4, large_kernel=True, image_size=128,
+                                                     padding=padding), (4, 2, 64, 64))
     x = torch.rand(3, 2, 61, 70)
     with torch.no_grad():
         before = net(x)
@@ -133,7 +134,8 @@ def test_reparameterize_matches_training_form():
 def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
     """DefectModel.reparameterize: large kernels fused and every BN folded into its conv, in both networks
     (a score-head model too); reconstruction and logits as the training form's in eval mode."""
-    for cfg in (tiny_config(), tiny_config(score_head="shared", upsample="resize-conv")):
+    for cfg in (tiny_config(), tiny_config(score_head="shared", upsample="resize-conv"),
+                tiny_config(padding="partial"), tiny_config(padding="partial", score_head="detached")):
         torch.manual_seed(0)
         model = with_trained_batchnorm(build_model(cfg, feature_extractor=False), (4, 1, 32, 32))
         x = torch.rand(3, 1, 32, 32)
@@ -144,6 +146,69 @@ def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
         torch.testing.assert_close(recon2, recon, atol=1e-5, rtol=0)
         torch.testing.assert_close(logits2, logits, atol=1e-4, rtol=1e-5)
+
+
+# --- partial-convolution padding ---------------------------------------------------------------------------
+
+def test_partial_padding_matches_a_direct_reference():
+    """Each output pixel: the window's taps inside the image, times k*k / their number, plus the bias; computed
+    here pixel by pixel on float64. A uniform kernel then answers a uniform image the same at the frame as
+    inside, where zero padding darkens the frame's band."""
+    torch.manual_seed(0)
+    conv = PartialConv2d(2, 3, 5, padding=2, bias=True).double()
+    x = torch.rand(1, 2, 7, 9, dtype=torch.float64)
+    with torch.no_grad():
+        out = conv(x)
+    w, b = conv.weight, conv.bias
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    inside = torch.nn.functional.pad(torch.ones(1, 1, 7, 9, dtype=torch.float64), (2, 2, 2, 2))
+    for i in range(7):
+        for j in range(9):
+            window = xp[0, :, i:i + 5, j:j + 5]
+            taps = inside[0, 0, i:i + 5, j:j + 5].sum()
+            expected = (w * window).sum(dim=(1, 2, 3)) * 25 / taps + b
+            torch.testing.assert_close(out[0, :, i, j], expected)
+    uniform = PartialConv2d(1, 1, 3, padding=1, bias=False)
+    zeros = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        uniform.weight.fill_(1 / 9)
+        zeros.weight.fill_(1 / 9)
+        grey = torch.full((1, 1, 6, 6), 0.5)
+        torch.testing.assert_close(uniform(grey), grey)
+        assert zeros(grey)[0, 0, 0, 0] == pytest.approx(0.5 * 4 / 9)
+
+
+def test_partial_padding_reaches_every_padded_conv_and_trains():
+    """padding="partial": every conv wider than 1x1 in both networks (and the copied feature encoder) pads that
+    way, the large kernels' FFT gradient path included; unknown paddings are an error."""
+    cfg = tiny_config(padding="partial", image_size=64)
+    model = build_model(cfg)
+    wide = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+    assert wide and all(isinstance(m, PartialConv2d) for m in wide)
+    assert not any(isinstance(m, PartialConv2d) for m in build_model(tiny_config(image_size=64)).modules())
+    step = TrainStep(cfg, model=model)
+    x = torch.rand(4, 1, 64, 64)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[:, :, 2:9, 50:64] = 1  # a defect at the frame
+    losses = [step(x, x, mask)["loss"] for _ in range(3)]
+    assert all(np.isfinite(losses))
+    with pytest.raises(ValueError, match="padding"):
+        build_model(tiny_config(padding="reflect"))
+    # a 15x15 depthwise conv takes the FFT weight gradient (depthwise_conv2d); with the border ratio applied after
+    # it, values and gradients are the plain PartialConv2d's
+    from defectray.models.layers import ConvBN
+    layer = ConvBN(4, 4, 15, groups=4, ratio_kernel=15)
+    x = torch.rand(2, 4, 20, 24, requires_grad=True)
+    grads = []
+    for depthwise in (True, False):
+        layer.depthwise = depthwise
+        layer.zero_grad()
+        x.grad = None
+        out = layer(x)
+        (out * torch.linspace(0, 1, 24)).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), layer.conv.weight.grad.clone()))
+    for fft, plain in zip(*grads):
+        torch.testing.assert_close(fft, plain, atol=1e-4, rtol=1e-4)
 
 
 # --- losses and scores ---------------------------------------------------------------------------------

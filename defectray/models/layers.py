@@ -3,6 +3,12 @@
 The large-kernel conv trains as two parallel depthwise branches (k x k and a small kernel, each with BN)
 and is re-parameterised for inference into one k x k depthwise conv with bias: BN folded into each
 branch, the small kernel zero-padded to k x k, the two summed. Same outputs, one conv instead of two.
+
+Padding: every conv pads with zeros ("zeros"), or with partial-convolution padding ("partial", Liu et al. 2018,
+"Partial Convolution based Padding"): where part of a window lies beyond the frame, the output is scaled by
+(taps in the window / taps inside the image), so a layer answers the frame from what is there instead of from a
+black band the net must learn to ignore, and no mirrored or repeated structure appears for it to mistake for a
+defect. Opt-in: level with zeros on image AUROC at cpu-small (BENCHMARKS.md, session 47).
 """
 
 from __future__ import annotations
@@ -16,10 +22,69 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 # torch's own is as fast (13x13 at 32 px: 34 vs 39 ms forward + backward, BENCHMARKS.md "Networks").
 FFT_GRAD_MIN_KERNEL = 15
 
+PADDINGS = ("zeros", "partial")
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+
+def check_padding(padding: str) -> bool:
+    """True for partial-convolution padding, False for zeros; anything else is an error."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, not {padding!r}")
+    return padding == "partial"
+
+
+_BORDER_RATIOS: dict[tuple, torch.Tensor] = {}
+
+
+def border_ratio(like: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(1, C, H, W) for a (N, C, H, W) map ``like``: k*k over the number of a centred k x k window's taps inside
+    the map. 1 where the window is inside, up to ~4 in the corners. Cached, and stored at full size in ``like``'s
+    dtype and memory layout: a (1, 1, H, W) ratio broadcast over a channels-last bf16 map took 7x as long to apply.
+    """
+    _, channels, height, width = like.shape
+    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
+    key = (channels, height, width, kernel_size, str(like.device), like.dtype, channels_last)
+    ratio = _BORDER_RATIOS.get(key)
+    if ratio is None:
+        pad = kernel_size // 2
+        inside = F.conv2d(F.pad(torch.ones(1, 1, height, width, device=like.device), (pad,) * 4),
+                          torch.ones(1, 1, kernel_size, kernel_size, device=like.device))
+        ratio = (kernel_size * kernel_size / inside).to(like.dtype).expand(1, channels, height, width)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        ratio = _BORDER_RATIOS[key] = ratio.contiguous(memory_format=layout)
+    return ratio
+
+
+class PartialConv2d(nn.Conv2d):
+    """A stride-1 'same' conv with partial-convolution padding: the bias-free output times ``border_ratio`` of
+    ``ratio_kernel`` (its own kernel size, or the large kernel a parallel branch is fused into), then the bias.
+    Folding a BatchNorm into it (fuse_conv_bn_eval) keeps the class, so the folded form is exact too."""
+
+    def __init__(self, *args, ratio_kernel: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ratio_kernel = ratio_kernel or self.kernel_size[0]
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.rescale(super()._conv_forward(x, weight, None), bias)
+
+    def rescale(self, out: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        ratio = border_ratio(out, self.ratio_kernel)
+        if bias is None:
+            return out * ratio
+        return torch.addcmul(bias.to(out.dtype).reshape(1, -1, 1, 1), out, ratio)  # one pass, not two
+
+
+def make_conv(in_channels: int, out_channels: int, kernel_size: int, partial: bool = False, bias: bool = False,
+              groups: int = 1, ratio_kernel: int | None = None) -> nn.Conv2d:
+    """A stride-1 conv padded to keep the size: zeros, or partial-convolution padding (1x1 convs need none)."""
+    if partial and max(kernel_size, ratio_kernel or 0) > 1:
+        return PartialConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias,
+                             groups=groups, ratio_kernel=ratio_kernel)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias, groups=groups)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, partial: bool = False) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        make_conv(in_channels, out_channels, kernel_size, partial),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -45,8 +110,9 @@ def upsample_stage(x: torch.Tensor, conv: nn.Module, size, order: str) -> torch.
 class DoubleConv(nn.Sequential):
     """Two 3x3 conv+BN+ReLU: the building block of both DRAEM sub-networks."""
 
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels))
+    def __init__(self, in_channels: int, out_channels: int, partial: bool = False):
+        super().__init__(conv_bn_relu(in_channels, out_channels, partial=partial),
+                         conv_bn_relu(out_channels, out_channels, partial=partial))
 
 
 def fuse_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,16 +167,20 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int) -> tor
 
 
 class ConvBN(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
+    """conv + BN; ``ratio_kernel`` (partial padding) is the kernel size whose border ratio scales the conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1,
+                 ratio_kernel: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                              groups=groups, bias=False)
+        self.conv = make_conv(in_channels, out_channels, kernel_size, ratio_kernel is not None, groups=groups,
+                              ratio_kernel=ratio_kernel)
         self.bn = nn.BatchNorm2d(out_channels)
         self.depthwise = groups == in_channels == out_channels and groups > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depthwise:
-            return self.bn(depthwise_conv2d(x, self.conv.weight, self.conv.padding[0]))
+            out = depthwise_conv2d(x, self.conv.weight, self.conv.padding[0])
+            return self.bn(self.conv.rescale(out) if isinstance(self.conv, PartialConv2d) else out)
         return self.bn(self.conv(x))
 
     def fold(self) -> None:
@@ -137,13 +207,17 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 class ReparamLargeKernelConv(nn.Module):
     """Depthwise k x k conv+BN in parallel with a depthwise small-kernel conv+BN, summed (RepLKNet)."""
 
-    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5):
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False):
         super().__init__()
         if kernel_size % 2 == 0 or (small_kernel is not None and small_kernel % 2 == 0):
             raise ValueError("kernel sizes must be odd")
         self.kernel_size = kernel_size
-        self.large = ConvBN(channels, channels, kernel_size, groups=channels)
-        self.small = (ConvBN(channels, channels, small_kernel, groups=channels)
+        self.partial = partial
+        # With partial padding both branches take the large kernel's border ratio, the ratio of the one conv
+        # they fuse into, so the fused form is exact.
+        ratio_kernel = kernel_size if partial else None
+        self.large = ConvBN(channels, channels, kernel_size, groups=channels, ratio_kernel=ratio_kernel)
+        self.small = (ConvBN(channels, channels, small_kernel, groups=channels, ratio_kernel=ratio_kernel)
                       if small_kernel is not None and small_kernel < kernel_size else None)
         self.fused: nn.Conv2d | None = None
 
@@ -166,8 +240,8 @@ class ReparamLargeKernelConv(nn.Module):
             weight = weight + nn.functional.pad(w_small, [pad] * 4)
             bias = bias + b_small
         conv = self.large.conv
-        self.fused = nn.Conv2d(conv.in_channels, conv.out_channels, self.kernel_size,
-                               padding=self.kernel_size // 2, groups=conv.groups, bias=True)
+        self.fused = make_conv(conv.in_channels, conv.out_channels, self.kernel_size, self.partial, bias=True,
+                               groups=conv.groups)
         self.fused.weight.copy_(weight)
         self.fused.bias.copy_(bias)
         self.fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -178,10 +252,10 @@ class ReparamLargeKernelConv(nn.Module):
 class LargeKernelBlock(nn.Module):
     """RepLKNet block: 1x1 conv+BN+ReLU -> large-kernel depthwise (k || small) -> ReLU -> 1x1 conv+BN, residual."""
 
-    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5):
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False):
         super().__init__()
         self.pw1 = conv_bn_relu(channels, channels, 1)
-        self.large_kernel = ReparamLargeKernelConv(channels, kernel_size, small_kernel)
+        self.large_kernel = ReparamLargeKernelConv(channels, kernel_size, small_kernel, partial)
         self.act = nn.ReLU(inplace=True)
         self.pw2 = ConvBN(channels, channels, 1)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectray.models.layers import (DoubleConv, LargeKernelBlock, ReparamLargeKernelConv, check_upsample,
-                                     conv_bn_relu, upsample_stage)
+from defectray.models.layers import (DoubleConv, LargeKernelBlock, ReparamLargeKernelConv, check_padding,
+                                     check_upsample, conv_bn_relu, make_conv, upsample_stage)
 
 
 def _odd_floor(x: float) -> int:
@@ -45,24 +45,25 @@ def level_kernel_sizes(kernel_sizes: list[int], image_size: int, depth: int) -> 
 class DefectPredictionNet(nn.Module):
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_width: int = 64, depth: int = 6,
                  large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256,
-                 upsample: str = "resize-conv", detach_last: bool = False):
+                 upsample: str = "resize-conv", detach_last: bool = False, padding: str = "zeros"):
         super().__init__()
         if depth < 1:
             raise ValueError("seg_depth must be >= 1")
         widths = [base_width * min(2**i, 8) for i in range(depth)]
+        partial = check_padding(padding)
         self.kernel_sizes = (level_kernel_sizes(list(kernel_sizes or [31, 29, 27, 13]), image_size, depth)
                              if large_kernel else [None] * depth)
         blocks = []
         for i, w in enumerate(widths):
-            block: nn.Module = DoubleConv(in_channels if i == 0 else widths[i - 1], w)
+            block: nn.Module = DoubleConv(in_channels if i == 0 else widths[i - 1], w, partial)
             k = self.kernel_sizes[i]
             if k is not None:
-                block = nn.Sequential(block, LargeKernelBlock(w, k, small_kernel=5 if k > 5 else 3))
+                block = nn.Sequential(block, LargeKernelBlock(w, k, small_kernel=5 if k > 5 else 3, partial=partial))
             blocks.append(block)
         self.encoder = nn.ModuleList(blocks)
-        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i]) for i in range(depth - 1))
-        self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i]) for i in range(depth - 1))
-        self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial) for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i], partial) for i in range(depth - 1))
+        self.head = make_conv(widths[0], out_channels, 3, partial, bias=True)
         self.upsample = check_upsample(upsample)
         # The last output channel sees the features but sends no gradient into them (a detached score head)
         self.detach_last = detach_last
@@ -80,8 +81,8 @@ class DefectPredictionNet(nn.Module):
         if not self.detach_last:
             return self.head(x)
         w, b = self.head.weight, self.head.bias
-        return torch.cat([F.conv2d(x, w[:-1], b[:-1], padding=1),
-                          F.conv2d(x.detach(), w[-1:], b[-1:], padding=1)], dim=1)
+        return torch.cat([self.head._conv_forward(x, w[:-1], b[:-1]),
+                          self.head._conv_forward(x.detach(), w[-1:], b[-1:])], dim=1)
 
     def reparameterize(self) -> "DefectPredictionNet":
         """Fuse every large-kernel conv's two branches into one conv (inference form; call in eval mode)."""

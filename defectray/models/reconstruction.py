@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectray.models.layers import DoubleConv, check_upsample, conv_bn_relu, upsample_stage
+from defectray.models.layers import DoubleConv, check_padding, check_upsample, conv_bn_relu, make_conv, upsample_stage
 
 
 def level_widths(base_width: int, depth: int) -> list[int]:
@@ -24,19 +24,21 @@ def level_widths(base_width: int, depth: int) -> list[int]:
 
 
 class ReconstructionNet(nn.Module):
-    def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5, upsample: str = "resize-conv"):
+    def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5, upsample: str = "resize-conv",
+                 padding: str = "zeros"):
         super().__init__()
         if depth < 1:
             raise ValueError("recon_depth must be >= 1")
         widths = level_widths(base_width, depth)
+        partial = check_padding(padding)
         self.widths = widths
         self.upsample = check_upsample(upsample)
         self.encoder = nn.ModuleList(
-            DoubleConv(channels if i == 0 else widths[i - 1], w) for i, w in enumerate(widths))
+            DoubleConv(channels if i == 0 else widths[i - 1], w, partial) for i, w in enumerate(widths))
         # Decoder stage i brings level i+1 up to level i: upsample, conv to level i's width, double conv.
-        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i]) for i in range(depth - 1))
-        self.decoder = nn.ModuleList(DoubleConv(widths[i], widths[i]) for i in range(depth - 1))
-        self.head = nn.Conv2d(widths[0], channels, 3, padding=1)
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial) for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(widths[i], widths[i], partial) for i in range(depth - 1))
+        self.head = make_conv(widths[0], channels, 3, partial, bias=True)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every encoder block, finest first (the deep features for feature consistency)."""
