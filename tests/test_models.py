@@ -178,9 +178,9 @@ def test_partial_padding_matches_a_direct_reference():
         assert zeros(grey)[0, 0, 0, 0] == pytest.approx(0.5 * 4 / 9)
 
 
-def test_partial_padding_reaches_every_padded_conv_and_trains():
+def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
     """padding="partial": every conv wider than 1x1 in both networks (and the copied feature encoder) pads that
-    way, the large kernels' FFT gradient path included; unknown paddings are an error."""
+    way, the large kernels' FFT gradient path included, and the model file keeps it; unknown paddings are an error."""
     cfg = tiny_config(padding="partial", image_size=64)
     model = build_model(cfg)
     wide = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
@@ -192,6 +192,15 @@ def test_partial_padding_reaches_every_padded_conv_and_trains():
     mask[:, :, 2:9, 50:64] = 1  # a defect at the frame
     losses = [step(x, x, mask)["loss"] for _ in range(3)]
     assert all(np.isfinite(losses))
+    # the model file stores the padding: the loaded Detector pads the same way
+    from defectray.models.modelfile import load_model, save_model
+    path = str(tmp_path / "partial.safetensors")
+    save_model(path, model.eval(), cfg)
+    detector = load_model(path)
+    assert detector.config.padding == "partial"
+    assert any(isinstance(m, PartialConv2d) for m in detector.model.modules())
+    _, maps = detector.predict([np.zeros((64, 80), np.uint8)])
+    assert maps[0].shape == (64, 80)
     with pytest.raises(ValueError, match="padding"):
         build_model(tiny_config(padding="reflect"))
     # a 15x15 depthwise conv takes the FFT weight gradient (depthwise_conv2d); with the border ratio applied after

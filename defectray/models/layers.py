@@ -41,10 +41,12 @@ def border_ratio(like: torch.Tensor, kernel_size: int) -> torch.Tensor:
     dtype and memory layout: a (1, 1, H, W) ratio broadcast over a channels-last bf16 map took 7x as long to apply.
     """
     _, channels, height, width = like.shape
-    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
+    channels_last = like.is_contiguous(memory_format=torch.channels_last)
     key = (channels, height, width, kernel_size, str(like.device), like.dtype, channels_last)
     ratio = _BORDER_RATIOS.get(key)
     if ratio is None:
+        if len(_BORDER_RATIOS) >= 512:  # inputs of ever new sizes would otherwise grow it without bound
+            _BORDER_RATIOS.clear()
         pad = kernel_size // 2
         inside = F.conv2d(F.pad(torch.ones(1, 1, height, width, device=like.device), (pad,) * 4),
                           torch.ones(1, 1, kernel_size, kernel_size, device=like.device))
