@@ -59,9 +59,8 @@ class Config:
     upsample: str = "resize-conv"
     # how both networks' convs treat the frame: "zeros" (DRAEM) or "partial" (partial-convolution padding:
     # the output near the frame scaled by taps / taps inside the image, so no black band; models/layers.py).
-    # cpu-small, seeds 0-2: image AUROC 0.935 / 0.911 / 0.927 against zeros' 0.930 / 0.910 / 0.917 (zeros with
-    # 1.3x the steps at seeds 0 and 2); AUPRO up at two seeds, pixel AUROC down at one; opt-in (BENCHMARKS.md,
-    # session 47)
+    # cpu-small, seeds 0-3: image AUROC 0.935 / 0.911 / 0.927 / 0.929 against zeros' 0.930 / 0.910 / 0.917 / 0.946,
+    # level on average; AUPRO up at two seeds, pixel AUROC down at one; opt-in (BENCHMARKS.md, session 47)
     padding: str = "zeros"
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
