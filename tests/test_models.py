@@ -12,9 +12,10 @@ from conftest import with_trained_batchnorm
 from defectray.config import get_config
 from defectray.models import DefectModel, build_model, images_to_tensor
 from defectray.models.features import CopiedEncoder, LiveEncoder, TimmFeatures
-from defectray.models.layers import PartialConv2d, ReparamLargeKernelConv, depthwise_conv2d
+from defectray.models.layers import ConvBN, PartialConv2d, ReparamLargeKernelConv, depthwise_conv2d
 from defectray.models.losses import (defect_dice_loss, feature_consistency_loss, focal_loss, image_peak_loss, ssim,
                                      ssim_loss, two_class_logits)
+from defectray.models.modelfile import load_model, save_model
 from defectray.models.prediction import DefectPredictionNet, level_kernel_sizes
 from defectray.models.reconstruction import ReconstructionNet
 from defectray.models.precision import cpu_bf16_enabled, cpu_has_bf16
@@ -193,7 +194,6 @@ def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
     losses = [step(x, x, mask)["loss"] for _ in range(3)]
     assert all(np.isfinite(losses))
     # the model file stores the padding: the loaded Detector pads the same way
-    from defectray.models.modelfile import load_model, save_model
     path = str(tmp_path / "partial.safetensors")
     save_model(path, model.eval(), cfg)
     detector = load_model(path)
@@ -205,7 +205,6 @@ def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
         build_model(tiny_config(padding="reflect"))
     # a 15x15 depthwise conv takes the FFT weight gradient (depthwise_conv2d); with the border ratio applied after
     # it, values and gradients are the plain PartialConv2d's
-    from defectray.models.layers import ConvBN
     layer = ConvBN(4, 4, 15, groups=4, ratio_kernel=15)
     x = torch.rand(2, 4, 20, 24, requires_grad=True)
     grads = []

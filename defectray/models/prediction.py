@@ -81,6 +81,7 @@ class DefectPredictionNet(nn.Module):
         if not self.detach_last:
             return self.head(x)
         w, b = self.head.weight, self.head.bias
+        # the head conv's own forward (its padding, partial or zeros) on each slice of its weights
         return torch.cat([self.head._conv_forward(x, w[:-1], b[:-1]),
                           self.head._conv_forward(x.detach(), w[-1:], b[-1:])], dim=1)
 
