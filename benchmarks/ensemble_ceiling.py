@@ -1,0 +1,65 @@
+"""How far averaging can take the image AUROC: many models' test scores, ranked, then averaged.
+
+Each evaluation's `scores.csv` is turned into ranks (so models with different score scales weigh the same), and
+the ranks are averaged image by image. If even the average of every model falls short of a target, no seed
+search, ensemble or longer averaging of these models reaches it: what is left is images that all of them get
+wrong, which the script lists (BENCHMARKS.md, session 48). Reads only `scores.csv` files: no model, no training.
+
+    python benchmarks/ensemble_ceiling.py runs/*/eval [--worst 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+
+
+def load_scores(eval_dir: str) -> dict[str, tuple[str, float]]:
+    """image path -> (defect class, score) from one evaluation folder's scores.csv."""
+    with open(os.path.join(eval_dir, "scores.csv"), newline="") as f:
+        return {r["image"]: (r["defect_class"], float(r["score"])) for r in csv.DictReader(f)}
+
+
+def rank_matrix(evaluations: list[dict[str, tuple[str, float]]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(images, is_defect, ranks (models, images) in (0, 1]) over the images every evaluation scored."""
+    images = sorted(set.intersection(*(set(e) for e in evaluations)))
+    if not images:
+        raise ValueError("the evaluations share no image")
+    is_defect = np.array([evaluations[0][i][0] != "good" for i in images])
+    ranks = np.array([rankdata([e[i][1] for i in images]) / len(images) for e in evaluations])
+    return images, is_defect, ranks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("evals", nargs="+", help="evaluation folders (each with a scores.csv)")
+    ap.add_argument("--worst", type=int, default=10, help="how many of the hardest images of each kind to list")
+    args = ap.parse_args()
+    evaluations = [load_scores(d) for d in args.evals]
+    images, is_defect, ranks = rank_matrix(evaluations)
+    single = np.array([roc_auc_score(is_defect, r) for r in ranks])
+    mean_rank = ranks.mean(0)
+    print(f"{len(evaluations)} evaluations, {len(images)} images ({is_defect.sum()} defective)")
+    print(f"single models' image AUROC: mean {single.mean():.3f}, min {single.min():.3f}, max {single.max():.3f}")
+    print(f"rank-mean ensemble of all:  {roc_auc_score(is_defect, mean_rank):.3f}")
+    good = mean_rank[~is_defect]
+    # each defect's loss: the share of good images whose mean rank beats it (1 - AUROC is their mean)
+    loss = np.array([(good > r).mean() + 0.5 * (good == r).mean() for r in mean_rank[is_defect]])
+    names = np.array(images)
+    print(f"\ndefects ranked lowest by the ensemble (AUROC lost by each: loss / {is_defect.sum()}):")
+    for i in np.argsort(-loss)[: args.worst]:
+        path = names[is_defect][i]
+        print(f"  {os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}  mean rank "
+              f"{mean_rank[is_defect][i]:.2f}  loss {loss[i] / is_defect.sum():.4f}")
+    print("\ngood images ranked highest by the ensemble:")
+    for i in np.argsort(-good)[: args.worst]:
+        print(f"  {os.path.basename(names[~is_defect][i])}  mean rank {good[i]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
