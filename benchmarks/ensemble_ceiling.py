@@ -19,6 +19,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
+from image_loss import image_losses  # the per-defect share of AUROC, read the same way as for one model
+
 
 def load_scores(eval_dir: str) -> dict[str, tuple[str, float]]:
     """image path -> (defect class, score) from one evaluation folder's scores.csv."""
@@ -53,18 +55,16 @@ def main() -> None:
         if k < len(single):
             top = roc_auc_score(is_defect, ranks[best_first[:k]].mean(0))
             print(f"rank-mean of the best {k:>2} (picked on this split: optimistic): {top:.3f}")
-    good = mean_rank[~is_defect]
-    # each defect's loss: the share of good images whose mean rank beats it (1 - AUROC is their mean)
-    loss = np.array([(good > r).mean() + 0.5 * (good == r).mean() for r in mean_rank[is_defect]])
-    names = np.array(images)
-    print(f"\ndefects ranked lowest by the ensemble (AUROC lost by each: loss / {is_defect.sum()}):")
-    for i in np.argsort(-loss)[: args.worst]:
-        path = names[is_defect][i]
-        print(f"  {os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}  mean rank "
-              f"{mean_rank[is_defect][i]:.2f}  loss {loss[i] / is_defect.sum():.4f}")
+    rows = [{"image": i, "defect_class": evaluations[0][i][0], "score": r} for i, r in zip(images, mean_rank)]
+    _, defects = image_losses(rows)
+    print(f"\ndefects ranked lowest by the ensemble (AUROC lost by each: loss / {len(defects)}):")
+    for d in sorted(defects, key=lambda d: -d["loss"])[: args.worst]:
+        print(f"  {d['defect_class']}/{os.path.basename(d['image'])}  mean rank {d['score']:.2f}  "
+              f"loss {d['loss'] / len(defects):.4f}")
     print("\ngood images ranked highest by the ensemble:")
-    for i in np.argsort(-good)[: args.worst]:
-        print(f"  {os.path.basename(names[~is_defect][i])}  mean rank {good[i]:.2f}")
+    good = sorted((r for r in rows if r["defect_class"] == "good"), key=lambda r: -r["score"])
+    for r in good[: args.worst]:
+        print(f"  {os.path.basename(r['image'])}  mean rank {r['score']:.2f}")
 
 
 if __name__ == "__main__":
