@@ -62,6 +62,9 @@ class Config:
     # cpu-small, seeds 0-3: image AUROC 0.935 / 0.911 / 0.927 / 0.929 against zeros' 0.930 / 0.910 / 0.917 / 0.946,
     # level on average; AUPRO up at two seeds, pixel AUROC down at one; opt-in (BENCHMARKS.md, session 47)
     padding: str = "zeros"
+    # both networks' normalisation: "batch" (DRAEM) or "group" (GroupNorm, 8 groups: each image's own statistics,
+    # the same in training and inference; models/layers.py). Filled in by the session-49 rows of BENCHMARKS.md.
+    norm: str = "batch"
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
     feature_refresh_every: int = 100  # steps between parameter copies for feature_extractor="copy"

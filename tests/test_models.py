@@ -219,6 +219,45 @@ def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
         torch.testing.assert_close(fft, plain, atol=1e-4, rtol=1e-4)
 
 
+
+def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
+    """norm="group": every norm layer of both networks is a GroupNorm, so an image's training-mode output does not
+    depend on the other images of its batch (BatchNorm's does), and the same in eval mode; the model trains, keeps
+    its outputs through reparameterize (large-kernel branches stay unfused), and the model file keeps the norm.
+    Unknown norms are an error."""
+    torch.manual_seed(0)
+    cfg = tiny_config(norm="group", image_size=64)
+    model = build_model(cfg)
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) for m in norms)
+    assert all(m.num_groups == 8 for m in norms if m.num_channels % 8 == 0)
+    x = torch.rand(4, 1, 64, 64)
+    for net in (model.train(), build_model(tiny_config(image_size=64)).train()):
+        with torch.no_grad():
+            alone = net(x[:1])[1]
+            in_batch = net(x)[1][:1]
+        assert torch.allclose(alone, in_batch, atol=1e-5) == (net is model)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[:, :, 20:30, 20:30] = 1
+    step = TrainStep(cfg, model=model)
+    assert all(np.isfinite([step(x, x, mask)["loss"] for _ in range(3)]))
+    model.eval()
+    with torch.no_grad():
+        before = model(x)[1]
+        model.reparameterize()
+        after = model(x)[1]
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    path = str(tmp_path / "group.safetensors")
+    save_model(path, model, cfg)
+    detector = load_model(path)
+    assert detector.config.norm == "group"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in detector.model.modules())
+    _, maps = detector.predict([np.zeros((64, 80), np.uint8)])
+    assert maps[0].shape == (64, 80)
+    with pytest.raises(ValueError, match="norm"):
+        build_model(tiny_config(norm="layer"))
+
+
 # --- losses and scores ---------------------------------------------------------------------------------
 
 def test_losses():

@@ -66,7 +66,7 @@ def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     reconstruction = None
     if config.recon_base_width:
         reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
-                                           config.upsample, config.padding)
+                                           config.upsample, config.padding, config.norm)
     elif feature_extractor and config.feature_extractor != "none":
         raise ValueError(f"feature_extractor={config.feature_extractor!r} compares reconstructions; with "
                          "recon_base_width=0 (no reconstruction network) use feature_extractor='none'")
@@ -76,7 +76,8 @@ def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     inputs = 2 * config.channels if reconstruction is not None else config.channels  # image (+ reconstruction)
     prediction = DefectPredictionNet(inputs, outputs, config.seg_base_width, config.seg_depth,
                                      config.large_kernel, config.kernel_sizes, config.image_size, config.upsample,
-                                     detach_last=config.score_head == "detached", padding=config.padding)
+                                     detach_last=config.score_head == "detached", padding=config.padding,
+                                     norm=config.norm)
     extractor = (build_feature_extractor(config.feature_extractor, reconstruction, config.channels,
                                          config.feature_weights) if feature_extractor else None)
     # channels_last from the start, so a model wrapped by DDP before TrainStep sees it is laid out for the

@@ -9,9 +9,16 @@ Padding: every conv pads with zeros ("zeros"), or with partial-convolution paddi
 (taps in the window / taps inside the image), so a layer answers the frame from what is there instead of from a
 black band the net must learn to ignore, and no mirrored or repeated structure appears for it to mistake for a
 defect. Opt-in: level with zeros on image AUROC at cpu-small (BENCHMARKS.md, session 47).
+
+Normalisation: BatchNorm ("batch", DRAEM's) or GroupNorm ("group", 8 groups): GroupNorm takes each image's own
+statistics, so training and inference normalise alike and an image's exposure is divided out layer by layer. Its
+large-kernel branches cannot be folded into one conv (a per-image norm is not a fixed affine map), so the block keeps
+its two branches at inference.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +30,32 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 FFT_GRAD_MIN_KERNEL = 15
 
 PADDINGS = ("zeros", "partial")
+
+
+NORMS = ("batch", "group")
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    return norm
+
+
+class GroupNorm2d(nn.GroupNorm):
+    """GroupNorm that runs in NCHW on CPU: torch's CPU kernel on a channels_last bf16 map (how the networks train
+    there) was ~5x slower forward + backward than on the same map in NCHW, and the layout round trip costs less
+    than that (BENCHMARKS.md, session 49)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+def make_norm(channels: int, norm: str = "batch") -> nn.Module:
+    if check_norm(norm) == "group":
+        return GroupNorm2d(math.gcd(8, channels), channels)  # 8 groups where the width splits 8 ways
+    return nn.BatchNorm2d(channels)
 
 
 def check_padding(padding: str) -> bool:
@@ -84,10 +117,11 @@ def make_conv(in_channels: int, out_channels: int, kernel_size: int, partial: bo
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias, groups=groups)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, partial: bool = False) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, partial: bool = False,
+                 norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         make_conv(in_channels, out_channels, kernel_size, partial),
-        nn.BatchNorm2d(out_channels),
+        make_norm(out_channels, norm),
         nn.ReLU(inplace=True),
     )
 
@@ -112,9 +146,9 @@ def upsample_stage(x: torch.Tensor, conv: nn.Module, size, order: str) -> torch.
 class DoubleConv(nn.Sequential):
     """Two 3x3 conv+BN+ReLU: the building block of both DRAEM sub-networks."""
 
-    def __init__(self, in_channels: int, out_channels: int, partial: bool = False):
-        super().__init__(conv_bn_relu(in_channels, out_channels, partial=partial),
-                         conv_bn_relu(out_channels, out_channels, partial=partial))
+    def __init__(self, in_channels: int, out_channels: int, partial: bool = False, norm: str = "batch"):
+        super().__init__(conv_bn_relu(in_channels, out_channels, partial=partial, norm=norm),
+                         conv_bn_relu(out_channels, out_channels, partial=partial, norm=norm))
 
 
 def fuse_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,11 +206,11 @@ class ConvBN(nn.Module):
     """conv + BN; ``ratio_kernel`` (partial padding) is the kernel size whose border ratio scales the conv."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1,
-                 ratio_kernel: int | None = None):
+                 ratio_kernel: int | None = None, norm: str = "batch"):
         super().__init__()
         self.conv = make_conv(in_channels, out_channels, kernel_size, ratio_kernel is not None, groups=groups,
                               ratio_kernel=ratio_kernel)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = make_norm(out_channels, norm)
         self.depthwise = groups == in_channels == out_channels and groups > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +243,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 class ReparamLargeKernelConv(nn.Module):
     """Depthwise k x k conv+BN in parallel with a depthwise small-kernel conv+BN, summed (RepLKNet)."""
 
-    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False):
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False,
+                 norm: str = "batch"):
         super().__init__()
         if kernel_size % 2 == 0 or (small_kernel is not None and small_kernel % 2 == 0):
             raise ValueError("kernel sizes must be odd")
@@ -218,8 +253,8 @@ class ReparamLargeKernelConv(nn.Module):
         # With partial padding both branches take the large kernel's border ratio, the ratio of the one conv
         # they fuse into, so the fused form is exact.
         ratio_kernel = kernel_size if partial else None
-        self.large = ConvBN(channels, channels, kernel_size, groups=channels, ratio_kernel=ratio_kernel)
-        self.small = (ConvBN(channels, channels, small_kernel, groups=channels, ratio_kernel=ratio_kernel)
+        self.large = ConvBN(channels, channels, kernel_size, groups=channels, ratio_kernel=ratio_kernel, norm=norm)
+        self.small = (ConvBN(channels, channels, small_kernel, groups=channels, ratio_kernel=ratio_kernel, norm=norm)
                       if small_kernel is not None and small_kernel < kernel_size else None)
         self.fused: nn.Conv2d | None = None
 
@@ -233,7 +268,7 @@ class ReparamLargeKernelConv(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        if self.fused is not None:
+        if self.fused is not None or not isinstance(self.large.bn, nn.BatchNorm2d):
             return
         weight, bias = fuse_conv_bn(self.large.conv.weight, self.large.bn)
         if self.small is not None:
@@ -254,12 +289,13 @@ class ReparamLargeKernelConv(nn.Module):
 class LargeKernelBlock(nn.Module):
     """RepLKNet block: 1x1 conv+BN+ReLU -> large-kernel depthwise (k || small) -> ReLU -> 1x1 conv+BN, residual."""
 
-    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False):
+    def __init__(self, channels: int, kernel_size: int, small_kernel: int | None = 5, partial: bool = False,
+                 norm: str = "batch"):
         super().__init__()
-        self.pw1 = conv_bn_relu(channels, channels, 1)
-        self.large_kernel = ReparamLargeKernelConv(channels, kernel_size, small_kernel, partial)
+        self.pw1 = conv_bn_relu(channels, channels, 1, norm=norm)
+        self.large_kernel = ReparamLargeKernelConv(channels, kernel_size, small_kernel, partial, norm)
         self.act = nn.ReLU(inplace=True)
-        self.pw2 = ConvBN(channels, channels, 1)
+        self.pw2 = ConvBN(channels, channels, 1, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pw2(self.act(self.large_kernel(self.pw1(x))))

@@ -45,7 +45,8 @@ def level_kernel_sizes(kernel_sizes: list[int], image_size: int, depth: int) -> 
 class DefectPredictionNet(nn.Module):
     def __init__(self, in_channels: int = 6, out_channels: int = 2, base_width: int = 64, depth: int = 6,
                  large_kernel: bool = True, kernel_sizes: list[int] | None = None, image_size: int = 256,
-                 upsample: str = "resize-conv", detach_last: bool = False, padding: str = "zeros"):
+                 upsample: str = "resize-conv", detach_last: bool = False, padding: str = "zeros",
+                 norm: str = "batch"):
         super().__init__()
         if depth < 1:
             raise ValueError("seg_depth must be >= 1")
@@ -55,14 +56,16 @@ class DefectPredictionNet(nn.Module):
                              if large_kernel else [None] * depth)
         blocks = []
         for i, w in enumerate(widths):
-            block: nn.Module = DoubleConv(in_channels if i == 0 else widths[i - 1], w, partial)
+            block: nn.Module = DoubleConv(in_channels if i == 0 else widths[i - 1], w, partial, norm)
             k = self.kernel_sizes[i]
             if k is not None:
-                block = nn.Sequential(block, LargeKernelBlock(w, k, small_kernel=5 if k > 5 else 3, partial=partial))
+                block = nn.Sequential(block, LargeKernelBlock(w, k, small_kernel=5 if k > 5 else 3, partial=partial,
+                                                              norm=norm))
             blocks.append(block)
         self.encoder = nn.ModuleList(blocks)
-        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial) for i in range(depth - 1))
-        self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i], partial) for i in range(depth - 1))
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial, norm=norm)
+                                for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(2 * widths[i], widths[i], partial, norm) for i in range(depth - 1))
         self.head = make_conv(widths[0], out_channels, 3, partial, bias=True)
         self.upsample = check_upsample(upsample)
         # The last output channel sees the features but sends no gradient into them (a detached score head)

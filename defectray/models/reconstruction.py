@@ -25,7 +25,7 @@ def level_widths(base_width: int, depth: int) -> list[int]:
 
 class ReconstructionNet(nn.Module):
     def __init__(self, channels: int = 3, base_width: int = 128, depth: int = 5, upsample: str = "resize-conv",
-                 padding: str = "zeros"):
+                 padding: str = "zeros", norm: str = "batch"):
         super().__init__()
         if depth < 1:
             raise ValueError("recon_depth must be >= 1")
@@ -34,10 +34,11 @@ class ReconstructionNet(nn.Module):
         self.widths = widths
         self.upsample = check_upsample(upsample)
         self.encoder = nn.ModuleList(
-            DoubleConv(channels if i == 0 else widths[i - 1], w, partial) for i, w in enumerate(widths))
+            DoubleConv(channels if i == 0 else widths[i - 1], w, partial, norm) for i, w in enumerate(widths))
         # Decoder stage i brings level i+1 up to level i: upsample, conv to level i's width, double conv.
-        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial) for i in range(depth - 1))
-        self.decoder = nn.ModuleList(DoubleConv(widths[i], widths[i], partial) for i in range(depth - 1))
+        self.up = nn.ModuleList(conv_bn_relu(widths[i + 1], widths[i], partial=partial, norm=norm)
+                                for i in range(depth - 1))
+        self.decoder = nn.ModuleList(DoubleConv(widths[i], widths[i], partial, norm) for i in range(depth - 1))
         self.head = make_conv(widths[0], channels, 3, partial, bias=True)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
