@@ -10,7 +10,9 @@ Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load 
    against the separable form in ``losses.ssim``;
 3. the whole cpu-small TrainStep with both earlier forms against both current ones;
 4. the whole TrainStep of cpu-small variants that change the architecture, the losses or the precision
-   (``--variants``).
+   (``--variants``);
+5. GroupNorm (``norm="group"``) forward + backward on channels_last bf16 maps, how cpu-small trains on CPUs with
+   bf16: torch's nn.GroupNorm against ``layers.GroupNorm2d`` (NCHW inside), and BatchNorm for scale.
 """
 
 from __future__ import annotations
@@ -67,6 +69,26 @@ def depthwise_rows(rounds: int) -> list[dict]:
         sec = interleaved({"plain": plain, "ours": ours}, 1, rounds)
         rows.append({"shape": [batch, channels, size, size], "kernel": k, "conv2d_ms": 1e3 * sec["plain"],
                      "depthwise_conv2d_ms": 1e3 * sec["ours"], "speedup": sec["plain"] / sec["ours"]})
+    return rows
+
+
+def group_norm_rows(rounds: int) -> list[dict]:
+    rows = []
+    # cpu-small's prediction-net levels at batch 8 (widths 16-128 at 128-16 px)
+    for batch, channels, size in [(8, 16, 128), (8, 32, 64), (8, 64, 32), (8, 128, 16)]:
+        x0 = torch.randn(batch, channels, size, size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        norms = {"torch_group_norm": torch.nn.GroupNorm(8, channels), "group_norm_2d": layers.GroupNorm2d(8, channels),
+                 "batch_norm": torch.nn.BatchNorm2d(channels)}
+
+        def run(norm):
+            x = x0.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = norm(x)
+            out.float().sum().backward()
+
+        sec = interleaved({k: functools.partial(run, m) for k, m in norms.items()}, 1, rounds)
+        rows.append({"shape": [batch, channels, size, size], **{f"{k}_ms": 1e3 * v for k, v in sec.items()},
+                     "speedup": sec["torch_group_norm"] / sec["group_norm_2d"]})
     return rows
 
 
@@ -132,6 +154,9 @@ VARIANTS = {
     # bf16 autocast on CPU: 1.2-1.4x on CPUs with bf16 instructions (session 32), emulated and slower elsewhere
     "cpu-small, cpu_bf16=on": {"cpu_bf16": "on"},
     "cpu-small, large_kernel=false, cpu_bf16=on": {"large_kernel": False, "cpu_bf16": "on"},
+    # GroupNorm in both networks (session 49), with bf16 where its CPU layout mattered
+    "cpu-small, norm=group": {"norm": "group", "cpu_bf16": "off"},
+    "cpu-small, norm=group, cpu_bf16=on": {"norm": "group", "cpu_bf16": "on"},
 }
 
 
@@ -154,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = {"depthwise": depthwise_rows(args.rounds), "ssim": ssim_row(args.rounds),
-              "train_step": step_row(args.rounds)}
+              "train_step": step_row(args.rounds), "group_norm": group_norm_rows(args.rounds)}
     if args.variants:
         result["variants"] = variant_rows(args.rounds)
     print(json.dumps({**result, "torch": torch.__version__, "threads": torch.get_num_threads(),

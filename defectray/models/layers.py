@@ -42,9 +42,9 @@ def check_norm(norm: str) -> str:
 
 
 class GroupNorm2d(nn.GroupNorm):
-    """GroupNorm that runs in NCHW on CPU: torch's CPU kernel on a channels_last bf16 map (how the networks train
-    there) was ~5x slower forward + backward than on the same map in NCHW, and the layout round trip costs less
-    than that (BENCHMARKS.md, session 49)."""
+    """GroupNorm that runs in NCHW on CPU: torch's CPU kernel on channels_last bf16 maps (how the networks train
+    there) made a cpu-small step 1.6x dearer; forward + backward in NCHW, layout round trip included, is 4.2x / 2.4x
+    faster at cpu-small's two finest levels (benchmarks/step_ops.py; BENCHMARKS.md, session 49)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
