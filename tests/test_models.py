@@ -219,11 +219,10 @@ def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
         torch.testing.assert_close(fft, plain, atol=1e-4, rtol=1e-4)
 
 
-
 def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
     """norm="group": every norm layer of both networks is a GroupNorm, so an image's training-mode output does not
-    depend on the other images of its batch (BatchNorm's does), and the same in eval mode; the model trains, keeps
-    its outputs through reparameterize (large-kernel branches stay unfused), and the model file keeps the norm.
+    depend on the other images of its batch (BatchNorm's does); the model trains, keeps its outputs through
+    reparameterize (large-kernel branches stay unfused), and the model file keeps the norm.
     Unknown norms are an error."""
     torch.manual_seed(0)
     cfg = tiny_config(norm="group", image_size=64)
