@@ -11,8 +11,9 @@ Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load 
 3. the whole cpu-small TrainStep with both earlier forms against both current ones;
 4. the whole TrainStep of cpu-small variants that change the architecture, the losses or the precision
    (``--variants``);
-5. GroupNorm (``norm="group"``) forward + backward on channels_last bf16 maps, how cpu-small trains on CPUs with
-   bf16: torch's nn.GroupNorm against ``layers.GroupNorm2d`` (NCHW inside), and BatchNorm for scale.
+5. GroupNorm (``norm="group"``) forward + backward on channels_last maps, bf16 (how cpu-small trains on CPUs with
+   bf16) and float32 (elsewhere): torch's nn.GroupNorm against ``layers.GroupNorm2d`` (NCHW inside for bf16 only),
+   and BatchNorm for scale.
 """
 
 from __future__ import annotations
@@ -75,20 +76,22 @@ def depthwise_rows(rounds: int) -> list[dict]:
 def group_norm_rows(rounds: int) -> list[dict]:
     rows = []
     # cpu-small's prediction-net levels at batch 8 (widths 16-128 at 128-16 px)
-    for batch, channels, size in [(8, 16, 128), (8, 32, 64), (8, 64, 32), (8, 128, 16)]:
-        x0 = torch.randn(batch, channels, size, size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        norms = {"torch_group_norm": torch.nn.GroupNorm(8, channels), "group_norm_2d": layers.GroupNorm2d(8, channels),
-                 "batch_norm": torch.nn.BatchNorm2d(channels)}
+    for dtype in (torch.bfloat16, torch.float32):
+        for batch, channels, size in [(8, 16, 128), (8, 32, 64), (8, 64, 32), (8, 128, 16)]:
+            x0 = torch.randn(batch, channels, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+            norms = {"torch_group_norm": torch.nn.GroupNorm(8, channels),
+                     "group_norm_2d": layers.GroupNorm2d(8, channels), "batch_norm": torch.nn.BatchNorm2d(channels)}
 
-        def run(norm):
-            x = x0.clone().requires_grad_()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = norm(x)
-            out.float().sum().backward()
+            def run(norm):
+                x = x0.clone().requires_grad_()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    out = norm(x)
+                out.float().sum().backward()
 
-        sec = interleaved({k: functools.partial(run, m) for k, m in norms.items()}, 1, rounds)
-        rows.append({"shape": [batch, channels, size, size], **{f"{k}_ms": 1e3 * v for k, v in sec.items()},
-                     "speedup": sec["torch_group_norm"] / sec["group_norm_2d"]})
+            sec = interleaved({k: functools.partial(run, m) for k, m in norms.items()}, 1, rounds)
+            rows.append({"dtype": str(dtype).removeprefix("torch."), "shape": [batch, channels, size, size],
+                         **{f"{k}_ms": 1e3 * v for k, v in sec.items()},
+                         "speedup": sec["torch_group_norm"] / sec["group_norm_2d"]})
     return rows
 
 

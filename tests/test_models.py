@@ -235,7 +235,9 @@ def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
         with torch.no_grad():
             alone = net(x[:1])[1]
             in_batch = net(x)[1][:1]
-        assert torch.allclose(alone, in_batch, atol=1e-5) == (net is model)
+        # float rounding only (torch's channels_last GroupNorm sums in batch-dependent order); BatchNorm's
+        # batch statistics move the output by far more
+        assert torch.allclose(alone, in_batch, atol=1e-3) == (net is model)
     mask = torch.zeros(4, 1, 64, 64)
     mask[:, :, 20:30, 20:30] = 1
     step = TrainStep(cfg, model=model)
