@@ -63,9 +63,9 @@ class Config:
     # level on average; AUPRO up at two seeds, pixel AUROC down at one; opt-in (BENCHMARKS.md, session 47)
     padding: str = "zeros"
     # both networks' normalisation: "batch" (DRAEM) or "group" (GroupNorm, 8 groups: each image's own statistics,
-    # the same in training and inference; models/layers.py). cpu-small, seeds 0 / 1: image AUROC 0.943 / 0.937 where
-    # the default's runs at those seeds scored 0.914-0.930 / 0.910-0.934; pixel AUROC 0.964 / 0.959. Opt-in until
-    # more seeds confirm it (BENCHMARKS.md, session 49)
+    # the same in training and inference; models/layers.py). cpu-small image AUROC at seeds 0-3: 0.943 / 0.937 on a
+    # bf16 box (the default's runs there 0.914-0.930 / 0.910-0.934), 0.923 / 0.931 on a float32 box (the default
+    # 0.928 / 0.928, with pixel AUROC 0.05 higher at both). Opt-in (BENCHMARKS.md, sessions 49-50)
     norm: str = "batch"
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
