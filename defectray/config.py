@@ -64,8 +64,8 @@ class Config:
     padding: str = "zeros"
     # both networks' normalisation: "batch" (DRAEM) or "group" (GroupNorm, 8 groups: each image's own statistics,
     # the same in training and inference; models/layers.py). cpu-small image AUROC at seeds 0-3: 0.943 / 0.937 on a
-    # bf16 box (the default's runs there 0.914-0.930 / 0.910-0.934), 0.923 / 0.931 on a float32 box (the default
-    # 0.928 / 0.928, with pixel AUROC 0.05 higher at both). Opt-in (BENCHMARKS.md, sessions 49-50)
+    # bf16 box (the default's runs there 0.914-0.930 / 0.910-0.934), 0.931 / 0.931 on a float32 box (the default
+    # 0.928 / 0.928, with pixel AUROC 0.05-0.07 higher). Opt-in (BENCHMARKS.md, sessions 49-50)
     norm: str = "batch"
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
