@@ -135,8 +135,9 @@ def test_reparameterize_matches_training_form(padding):
 def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
     """DefectModel.reparameterize: large kernels fused and every BN folded into its conv, in both networks
     (a score-head model too); reconstruction and logits as the training form's in eval mode."""
-    for cfg in (tiny_config(), tiny_config(score_head="shared", upsample="resize-conv"),
-                tiny_config(padding="partial"), tiny_config(padding="partial", score_head="detached")):
+    for cfg in (tiny_config(norm="batch"), tiny_config(norm="batch", score_head="shared", upsample="resize-conv"),
+                tiny_config(norm="batch", padding="partial"),
+                tiny_config(norm="batch", padding="partial", score_head="detached")):
         torch.manual_seed(0)
         model = with_trained_batchnorm(build_model(cfg, feature_extractor=False), (4, 1, 32, 32))
         x = torch.rand(3, 1, 32, 32)
@@ -231,7 +232,7 @@ def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
     assert norms and all(isinstance(m, torch.nn.GroupNorm) for m in norms)
     assert all(m.num_groups == 8 for m in norms if m.num_channels % 8 == 0)
     x = torch.rand(4, 1, 64, 64)
-    for net in (model.train(), build_model(tiny_config(image_size=64)).train()):
+    for net in (model.train(), build_model(tiny_config(image_size=64, norm="batch")).train()):
         with torch.no_grad():
             alone = net(x[:1])[1]
             in_batch = net(x)[1][:1]
