@@ -135,9 +135,9 @@ def test_reparameterize_matches_training_form(padding):
 def test_inference_form_folds_every_batchnorm_and_keeps_the_outputs():
     """DefectModel.reparameterize: large kernels fused and every BN folded into its conv, in both networks
     (a score-head model too); reconstruction and logits as the training form's in eval mode."""
-    for cfg in (tiny_config(norm="batch"), tiny_config(norm="batch", score_head="shared", upsample="resize-conv"),
-                tiny_config(norm="batch", padding="partial"),
-                tiny_config(norm="batch", padding="partial", score_head="detached")):
+    for variant in ({}, dict(score_head="shared", upsample="resize-conv"), dict(padding="partial"),
+                    dict(padding="partial", score_head="detached")):
+        cfg = tiny_config(norm="batch", **variant)
         torch.manual_seed(0)
         model = with_trained_batchnorm(build_model(cfg, feature_extractor=False), (4, 1, 32, 32))
         x = torch.rand(3, 1, 32, 32)
