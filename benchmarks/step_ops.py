@@ -12,8 +12,8 @@ Same process, calls interleaved (benchmarks/models.py ``interleaved``), so load 
 4. the whole TrainStep of cpu-small variants that change the architecture, the losses or the precision
    (``--variants``);
 5. GroupNorm (``norm="group"``) forward + backward on channels_last maps, bf16 (how cpu-small trains on CPUs with
-   bf16) and float32 (elsewhere): torch's nn.GroupNorm against ``layers.GroupNorm2d`` (NCHW inside for bf16 only),
-   and BatchNorm for scale.
+   bf16) and float32 (elsewhere): torch's nn.GroupNorm against ``layers.GroupNorm2d`` (NCHW inside for bf16, and
+   for float32 with one channel per group), and BatchNorm for scale.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def depthwise_rows(rounds: int) -> list[dict]:
 
 def group_norm_rows(rounds: int) -> list[dict]:
     rows = []
-    # cpu-small's prediction-net levels at batch 8 (widths 16-128 at 128-16 px)
+    # cpu-small's prediction-net levels at batch 8 (widths 16-128 at 128-16 px), then the reconstruction net's finest
+    # (width 8: one channel per group, which GroupNorm2d runs in NCHW in float32 too)
     for dtype in (torch.bfloat16, torch.float32):
-        for batch, channels, size in [(8, 16, 128), (8, 32, 64), (8, 64, 32), (8, 128, 16)]:
+        for batch, channels, size in [(8, 16, 128), (8, 32, 64), (8, 64, 32), (8, 128, 16), (8, 8, 128)]:
             x0 = torch.randn(batch, channels, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
             norms = {"torch_group_norm": torch.nn.GroupNorm(8, channels),
                      "group_norm_2d": layers.GroupNorm2d(8, channels), "batch_norm": torch.nn.BatchNorm2d(channels)}

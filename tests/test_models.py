@@ -220,6 +220,33 @@ def test_partial_padding_reaches_every_padded_conv_and_trains(tmp_path):
         torch.testing.assert_close(fft, plain, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels, dtype", [(8, torch.float32), (16, torch.float32), (16, torch.bfloat16)])
+def test_group_norm_2d_matches_torch_in_any_layout(channels, dtype):
+    """GroupNorm2d takes a detour through NCHW for bf16 and for one channel per group (speed only): values and
+    gradients are torch's GroupNorm's, and the output keeps the input's channels_last layout."""
+    from defectray.models.layers import GroupNorm2d
+
+    torch.manual_seed(0)
+    ours, ref = GroupNorm2d(8, channels), torch.nn.GroupNorm(8, channels)
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.weight.copy_(torch.linspace(0.5, 1.5, channels))
+            m.bias.copy_(torch.linspace(-0.2, 0.2, channels))
+    x0 = torch.randn(2, channels, 12, 10).to(dtype).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for m in (ours, ref):
+        x = x0.clone().requires_grad_()
+        y = m(x)
+        (y.float() * torch.arange(y.numel()).reshape(y.shape).remainder(7)).sum().backward()
+        outs.append(y)
+        grads.append((x.grad, m.weight.grad))
+    assert outs[0].is_contiguous(memory_format=torch.channels_last)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), atol=tol, rtol=tol)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a.float(), b.float(), atol=tol * 10, rtol=tol)
+
+
 def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
     """norm="group": every norm layer of both networks is a GroupNorm, so an image's training-mode output does not
     depend on the other images of its batch (BatchNorm's does); the model trains, keeps its outputs through

@@ -44,13 +44,14 @@ def check_norm(norm: str) -> str:
 class GroupNorm2d(nn.GroupNorm):
     """GroupNorm that runs bf16 maps in NCHW on CPU: torch's CPU kernel on channels_last bf16 maps (how the networks
     train on an AMX box) made a cpu-small step 1.6x dearer; forward + backward in NCHW, layout round trip included,
-    is 4.2x / 2.4x faster at cpu-small's two finest levels. Float32 maps stay in place: there torch's channels_last
-    kernel is as fast as NCHW or faster, and the round trip's copies made a float32 step 1.2x dearer
-    (benchmarks/step_ops.py; BENCHMARKS.md, sessions 49-50)."""
+    is 4.2x / 2.4x faster at cpu-small's two finest levels. Float32 maps stay in place (there torch's channels_last
+    kernel is as fast as NCHW or faster, and the round trip's copies made a float32 step 1.2x dearer), except with
+    one channel per group: at cpu-small's reconstruction width (8 channels, 128 px) float32 forward + backward took
+    13.4 ms in place against 4.3 ms in NCHW (benchmarks/step_ops.py; BENCHMARKS.md, sessions 49-50 and 52)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.bfloat16 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
+        if (x.device.type == "cpu" and (x.dtype == torch.bfloat16 or self.num_groups == self.num_channels)
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
