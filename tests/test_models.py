@@ -247,6 +247,36 @@ def test_group_norm_2d_matches_torch_in_any_layout(channels, dtype):
         torch.testing.assert_close(a.float(), b.float(), atol=tol * 10, rtol=tol)
 
 
+def test_reconstruction_net_can_keep_batchnorm_beside_a_group_norm_prediction_net(tmp_path):
+    """recon_norm="batch" with norm="group": BatchNorm in the reconstruction net (and the copied extractor), GroupNorm
+    in the prediction net; the model file rebuilds the same split and gives the trained model's outputs."""
+    torch.manual_seed(0)
+    cfg = tiny_config(norm="group", recon_norm="batch", image_size=64)
+    model = build_model(cfg)
+
+    def norms(net):
+        return {type(m).__name__ for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))}
+
+    assert norms(model.reconstruction) == {"BatchNorm2d"} and norms(model.prediction) == {"GroupNorm2d"}
+    x = torch.rand(4, 1, 64, 64)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[:, :, 20:30, 20:30] = 1
+    step = TrainStep(cfg, model=model)
+    assert all(np.isfinite([step(x, x, mask)["loss"] for _ in range(3)]))
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)[1]
+    path = str(tmp_path / "mixed.safetensors")
+    save_model(path, model, cfg)
+    detector = load_model(path)
+    assert detector.config.recon_norm == "batch"
+    assert "GroupNorm2d" not in norms(detector.model.reconstruction)  # its BatchNorms folded away
+    with torch.no_grad():
+        torch.testing.assert_close(detector.model(x)[1], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="norm"):
+        build_model(tiny_config(norm="group", recon_norm="layer"))
+
+
 def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
     """norm="group": every norm layer of both networks is a GroupNorm, so an image's training-mode output does not
     depend on the other images of its batch (BatchNorm's does); the model trains, keeps its outputs through

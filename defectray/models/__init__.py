@@ -66,7 +66,7 @@ def build_model(config: Config, feature_extractor: bool = True) -> DefectModel:
     reconstruction = None
     if config.recon_base_width:
         reconstruction = ReconstructionNet(config.channels, config.recon_base_width, config.recon_depth,
-                                           config.upsample, config.padding, config.norm)
+                                           config.upsample, config.padding, config.recon_norm or config.norm)
     elif feature_extractor and config.feature_extractor != "none":
         raise ValueError(f"feature_extractor={config.feature_extractor!r} compares reconstructions; with "
                          "recon_base_width=0 (no reconstruction network) use feature_extractor='none'")
