@@ -68,7 +68,9 @@ class Config:
     norm: str = "batch"
     # the reconstruction network's own normalisation, if not ``norm``. GroupNorm there (8 groups at width 8: one
     # channel per group) takes each image's level out of every layer of a net without skip connections, which then
-    # cannot give it back: at cpu-small's budget its L2 loss ends at 0.022 against BatchNorm's 0.004.
+    # cannot give it back: at cpu-small's budget its L2 loss ends at 0.022 against BatchNorm's 0.004. "batch" beside
+    # norm="group", cpu-small seeds 1 / 0: image AUROC 0.924 / 0.934 against 0.908 / 0.943, level on average, blowholes
+    # up at both; opt-in (BENCHMARKS.md, session 52)
     recon_norm: str | None = None
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
