@@ -247,6 +247,14 @@ def test_group_norm_2d_matches_torch_in_any_layout(channels, dtype):
         torch.testing.assert_close(a.float(), b.float(), atol=tol * 10, rtol=tol)
 
 
+def assert_trains(cfg, model, x: torch.Tensor) -> None:
+    """Three TrainSteps of ``model`` on ``x`` (4 x 1 x 64 x 64) with a square defect give finite losses."""
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[:, :, 20:30, 20:30] = 1
+    step = TrainStep(cfg, model=model)
+    assert all(np.isfinite([step(x, x, mask)["loss"] for _ in range(3)]))
+
+
 def test_reconstruction_net_can_keep_batchnorm_beside_a_group_norm_prediction_net(tmp_path):
     """recon_norm="batch" with norm="group": BatchNorm in the reconstruction net (and the copied extractor), GroupNorm
     in the prediction net; the model file rebuilds the same split and gives the trained model's outputs."""
@@ -259,10 +267,7 @@ def test_reconstruction_net_can_keep_batchnorm_beside_a_group_norm_prediction_ne
 
     assert norms(model.reconstruction) == {"BatchNorm2d"} and norms(model.prediction) == {"GroupNorm2d"}
     x = torch.rand(4, 1, 64, 64)
-    mask = torch.zeros(4, 1, 64, 64)
-    mask[:, :, 20:30, 20:30] = 1
-    step = TrainStep(cfg, model=model)
-    assert all(np.isfinite([step(x, x, mask)["loss"] for _ in range(3)]))
+    assert_trains(cfg, model, x)
     model.eval()
     with torch.no_grad():
         expected = model(x)[1]
@@ -296,10 +301,7 @@ def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
         # float rounding only (torch's channels_last GroupNorm sums in batch-dependent order); BatchNorm's
         # batch statistics move the output by far more
         assert torch.allclose(alone, in_batch, atol=1e-3) == (net is model)
-    mask = torch.zeros(4, 1, 64, 64)
-    mask[:, :, 20:30, 20:30] = 1
-    step = TrainStep(cfg, model=model)
-    assert all(np.isfinite([step(x, x, mask)["loss"] for _ in range(3)]))
+    assert_trains(cfg, model, x)
     model.eval()
     with torch.no_grad():
         before = model(x)[1]
