@@ -5,7 +5,8 @@ form with its BNs in place (the Detector before session 33), timed interleaved i
 
 Times ``Detector.infer`` (tiling, the network with flip averaging, stitching) on ``--n`` magnetic-tile test
 images, fitted once beforehand. Without ``--model`` an untrained cpu-small model with BatchNorm (speed does not
-depend on the weights). With a trained model it also reports the largest map and image-score differences against float32.
+depend on the weights). With a trained model it also reports the largest map and image-score differences against
+float32.
 bf16 rows only where this CPU has bf16 instructions (``--force-bf16`` to time the emulated path anyway).
 """
 
