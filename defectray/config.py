@@ -64,13 +64,12 @@ class Config:
     padding: str = "zeros"
     # both networks' normalisation: "batch" (DRAEM) or "group" (GroupNorm, 8 groups: each image's own statistics,
     # the same in training and inference; models/layers.py). "group" cannot be folded into the convs, so CPU
-    # inference is ~1.2x dearer. cpu-small uses "group" (see PROFILES).
+    # inference is ~1.2x dearer. cpu-small uses "group" in the prediction net only (see recon_norm, PROFILES).
     norm: str = "batch"
     # the reconstruction network's own normalisation, if not ``norm``. GroupNorm there (8 groups at width 8: one
     # channel per group) takes each image's level out of every layer of a net without skip connections, which then
-    # cannot give it back: at cpu-small's budget its L2 loss ends at 0.022 against BatchNorm's 0.004. "batch" beside
-    # norm="group", cpu-small seeds 1 / 0: image AUROC 0.924 / 0.934 against 0.908 / 0.943, level on average, blowholes
-    # up at both; opt-in (BENCHMARKS.md, session 52)
+    # cannot give it back: at cpu-small's budget its L2 loss ends at 0.022 against BatchNorm's 0.004. cpu-small
+    # uses "batch" beside norm="group" (see PROFILES)
     recon_norm: str | None = None
     feature_extractor: str = "copy"  # "copy" | "gradient" | "timm:<name>" | "none"
     feature_weights: str | None = None  # weights file/URI for a timm extractor (else the hub, if reachable)
@@ -204,6 +203,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         # is gone). AUPRO higher; pixel AUROC ~0.03 lower on the float32 box (breaks at the frame), level on bf16;
         # CPU inference 1.23x dearer (BENCHMARKS.md, sessions 49-51)
         "norm": "group",
+        # ...except in the reconstruction net: at width 8 its GroupNorm has one channel per group and takes each
+        # image's level out of every layer, which a net without skips cannot give back (L2 loss 0.022 against 0.004).
+        # BatchNorm there, float32 seeds 0-5 against all-GroupNorm: pixel AUROC 0.892-0.905 (mean 0.899 against 0.886;
+        # up at four seeds, level at two), image AUROC (0.931 against 0.933) and AUPRO (0.927 against 0.930) level;
+        # its BatchNorms fold at inference, 1.24x the images/s (BENCHMARKS.md, sessions 52-53)
+        "recon_norm": "batch",
     },
 }
 

@@ -283,12 +283,12 @@ def test_reconstruction_net_can_keep_batchnorm_beside_a_group_norm_prediction_ne
 
 
 def test_group_norm_reaches_both_networks_and_is_per_image(tmp_path):
-    """norm="group": every norm layer of both networks is a GroupNorm, so an image's training-mode output does not
-    depend on the other images of its batch (BatchNorm's does); the model trains, keeps its outputs through
-    reparameterize (large-kernel branches stay unfused), and the model file keeps the norm.
+    """norm="group" with recon_norm unset: every norm layer of both networks is a GroupNorm, so an image's
+    training-mode output does not depend on the other images of its batch (BatchNorm's does); the model trains, keeps
+    its outputs through reparameterize (large-kernel branches stay unfused), and the model file keeps the norm.
     Unknown norms are an error."""
     torch.manual_seed(0)
-    cfg = tiny_config(norm="group", image_size=64)
+    cfg = tiny_config(norm="group", recon_norm=None, image_size=64)
     model = build_model(cfg)
     norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
     assert norms and all(isinstance(m, torch.nn.GroupNorm) for m in norms)
