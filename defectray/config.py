@@ -203,11 +203,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         # is gone). AUPRO higher; pixel AUROC ~0.03 lower on the float32 box (breaks at the frame), level on bf16;
         # CPU inference 1.23x dearer (BENCHMARKS.md, sessions 49-51)
         "norm": "group",
-        # ...except in the reconstruction net: at width 8 its GroupNorm has one channel per group and takes each
-        # image's level out of every layer, which a net without skips cannot give back (L2 loss 0.022 against 0.004).
-        # BatchNorm there, float32 seeds 0-5 against all-GroupNorm: pixel AUROC 0.892-0.905 (mean 0.899 against 0.886;
-        # up at four seeds, level at two), image AUROC (0.931 against 0.933) and AUPRO (0.927 against 0.930) level;
-        # its BatchNorms fold at inference, 1.24x the images/s (BENCHMARKS.md, sessions 52-53)
+        # ...except in the reconstruction net, which it cripples (see recon_norm). BatchNorm there, float32 seeds 0-5
+        # against all-GroupNorm: pixel AUROC 0.892-0.905 (mean 0.899 against 0.886; up at four seeds, level at two),
+        # image AUROC (0.931 against 0.933) and AUPRO (0.927 against 0.930) level; its BatchNorms fold at inference,
+        # 1.24x the images/s (BENCHMARKS.md, sessions 52-53)
         "recon_norm": "batch",
     },
 }
