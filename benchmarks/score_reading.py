@@ -8,6 +8,10 @@ method. The image AUROC between the two, for each top-k (the mean of the k highe
 model's resolution, flips as the model's config says), is what a reading is judged by: no real defect is seen.
 Session 22 chose cpu-small's ``score_top_k`` this way (BENCHMARKS.md).
 
+``--map-gate 0,1,2,4`` adds the pixel AUROC, AUPRO and AP of the views' maps times their image score to each power
+(models/scoring.gated_map), the clean views' pixels and the painted views' masks: session 54 chose cpu-small's
+``map_gate`` this way.
+
 ``--by-shape`` adds the AUROC per shape of the `realistic` method at the model's own reading: a model that has
 not yet learned one shape (session 23: faint cracks along the surface's grain) shows it here, before any test.
 
@@ -40,6 +44,10 @@ def main() -> None:
     ap.add_argument("--edge-pits", action="store_true",
                     help="also paint every view with one small pit at 0, 2, 5, 20 and 60 px from a vertical frame "
                          "edge and report the AUROC per radius and distance, at the model's own top-k")
+    ap.add_argument("--map-gate", default=None,
+                    help="comma list of powers p: also report the pixel AUROC and AUPRO of the views' maps times their "
+                         "image score to the p (0 = the map as it is), pixels of the clean views and of the painted "
+                         "views' masks against all other pixels")
     args = ap.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -63,7 +71,7 @@ def main() -> None:
             x = int(rng.integers(0, img.shape[1] - size + 1))
             views.append(img[y:y + size, x:x + size])
     sources = build_sources(cfg, train_paths)
-    damaged, clean, _ = synthesize_batch(np.stack(views), cfg.synthesis, rng, sources, anomaly_prob=1.0)
+    damaged, clean, masks = synthesize_batch(np.stack(views), cfg.synthesis, rng, sources, anomaly_prob=1.0)
 
     def maps(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch.reshape(len(batch), size, size, -1)).permute(0, 3, 1, 2).float() / 255.0
@@ -85,6 +93,22 @@ def main() -> None:
         scores = image_scores(maps(np.stack(painted)), det.filter_size, det.top_k)
         return round(float(roc_auc_score(labels, np.r_[normal_scores, scores])), 4)
 
+    if args.map_gate:
+        from defectray.metrics import PixelMetrics
+        from defectray.models.scoring import gated_map
+
+        defect_scores = image_scores(defect, det.filter_size, det.top_k)
+        by_power = {}
+        for p in [float(v) for v in args.map_gate.split(",")]:
+            pixel = PixelMetrics()
+            for amap, score in zip(normal, normal_scores):
+                pixel.update(gated_map(amap, score, p), None)
+            for amap, score, mask in zip(defect, defect_scores, masks):
+                pixel.update(gated_map(amap, score, p), mask > 0.5)
+            r = pixel.compute()
+            by_power[p] = {"pixel_auroc": round(r["pixel_auroc"], 4), "pixel_aupro": round(r["pixel_aupro"], 4),
+                           "pixel_ap": round(r["pixel_ap"], 4)}
+        report["map_gate"] = by_power
     if args.by_shape:
         from defectray.synthesis.realistic import SHAPES, paint_defect, texture_direction
 

@@ -145,6 +145,49 @@ def test_predict_any_sizes_and_stages_agree(tmp_path):
         det.predict([np.zeros((8, 8), np.float32)])
 
 
+def test_map_gate_scales_each_map_by_its_image_score_and_leaves_the_scores(tmp_path):
+    cfg = tiny_config(map_gate=0.0)
+    model = trained_ish(cfg)
+    plain = Detector(model, cfg, "plain")
+    gated = Detector(trained_ish(cfg), cfg.replace(map_gate=2.0), "gated")
+    rng = np.random.default_rng(3)
+    imgs = images(rng, 1)
+    s0, m0 = plain.predict(imgs)
+    s2, m2 = gated.predict(imgs)
+    np.testing.assert_array_equal(s2, s0)  # the score is read from the map as it was
+    assert len(set(np.round(s0, 4))) > 1  # different scores, so the test tells a gate from a constant factor
+    for a, b, score in zip(m0, m2, s0):
+        np.testing.assert_allclose(b, a * score ** 2, rtol=1e-6, atol=1e-7)
+        assert b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1
+    assert get_config("cpu-small").map_gate == 2.0 and get_config("paper").map_gate == 0.0
+
+
+def test_model_files_from_before_the_map_gate_field_keep_their_maps(tmp_path):
+    """A file whose stored config has no ``map_gate`` (written before it existed) loads with the gate off, even
+    under a profile that now sets it: its maps are what they were when it was evaluated."""
+    import json as _json
+    import struct
+
+    cfg = tiny_config()  # cpu-small: map_gate 2
+    path = tmp_path / "m.safetensors"
+    save_model(str(path), trained_ish(cfg), cfg)
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = _json.loads(data[8:8 + n])
+    stored = _json.loads(header["__metadata__"]["config"])
+    assert stored["map_gate"] == 2.0
+    del stored["map_gate"]
+    header["__metadata__"]["config"] = _json.dumps(stored)
+    head = _json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    old = load_model(str(path))
+    assert old.config.map_gate == 0.0
+    img = np.random.default_rng(4).integers(0, 256, (32, 32), dtype=np.uint8)  # image_size: no resize
+    (raw,) = old.infer(old.preprocess([img]))
+    np.testing.assert_array_equal(old.predict([img])[1][0], np.clip(raw, 0, 1))
+
+
 def test_refuses_foreign_files(tmp_path):
     class Evil:
         def __reduce__(self):

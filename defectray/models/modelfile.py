@@ -25,7 +25,7 @@ from defectray.config import Config
 from defectray.io import read_bytes, write_bytes
 from defectray.models import DefectModel, build_model
 from defectray.models.precision import bf16_autocast_on, cpu_bf16_enabled
-from defectray.models.scoring import filter_size_for, image_scores, top_k_for
+from defectray.models.scoring import filter_size_for, gated_map, image_scores, top_k_for
 from defectray.models.tiling import fit_image, stitch, tile_windows
 
 FORMAT = "defectray-model"
@@ -200,14 +200,16 @@ class Detector:
 
     def postprocess(self, maps, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image scores from the fitted-resolution maps (``infer``); each defect map resized to its image's
-        (h, w)."""
+        (h, w), times its image score to the ``map_gate`` power (models/scoring.gated_map)."""
         if len(maps) != len(sizes):
             raise ValueError(f"{len(maps)} maps but {len(sizes)} sizes")
         # image_scores reads a (2, H', W') map as two maps: the last is the score head's, or the only one
         scores = np.array([image_scores(m, self.filter_size, self.top_k)[-1] for m in maps], np.float32)
         defect = [np.asarray(m, np.float32)[0] if np.ndim(m) == 3 else np.asarray(m, np.float32) for m in maps]
-        resized = [np.clip(cv2.resize(m, (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
-                           0.0, 1.0).astype(np.float32) for m, (h, w) in zip(defect, sizes)]
+        gate = self.config.map_gate
+        resized = [gated_map(np.clip(cv2.resize(m, (int(w), int(h)), interpolation=cv2.INTER_LINEAR),
+                                     0.0, 1.0).astype(np.float32), score, gate)
+                   for m, (h, w), score in zip(defect, sizes, scores)]
         return scores, resized
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
