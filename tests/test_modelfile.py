@@ -160,6 +160,9 @@ def test_map_gate_scales_each_map_by_its_image_score_and_leaves_the_scores(tmp_p
         np.testing.assert_allclose(b, a * score ** 2, rtol=1e-6, atol=1e-7)
         assert b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1
     assert get_config("cpu-small").map_gate == 2.0 and get_config("paper").map_gate == 0.0
+    gated.config = gated.config.replace(map_gate=-1.0)
+    with pytest.raises(ValueError, match="map_gate must be 0 or more"):
+        gated.predict(imgs)
 
 
 def test_model_files_from_before_the_map_gate_field_keep_their_maps(tmp_path):

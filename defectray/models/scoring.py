@@ -101,6 +101,8 @@ def gated_map(amap: np.ndarray, score: float, power: float) -> np.ndarray:
     defect ranks below the false alarms scattered over normal images; scaled by how sure the model is that
     its image holds a defect, it ranks above most of them, and a normal image's map fades as a whole. The
     image score, read before, is unchanged (BENCHMARKS.md, session 54)."""
+    if not power >= 0:  # a negative power would raise the maps of images the model calls normal
+        raise ValueError(f"map_gate must be 0 or more, got {power}")
     if power == 0:
         return amap
     return (amap * np.float32(max(float(score), 0.0) ** power)).astype(np.float32, copy=False)
