@@ -214,7 +214,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "recon_norm": "batch",
         # Each map times its image score squared. Chosen without the test split (benchmarks/score_reading.py
         # --map-gate: held-out normal views against the same views with synthetic defects, three models): pixel
-        # AUROC 0.921 / 0.934 / 0.937 / 0.934 at powers 0 / 1 / 2 / 4 (means). On the test split, read from seven
+        # AUROC 0.921 / 0.934 / 0.937 / 0.934 at powers 0 / 1 / 2 / 4 (means). On the test split, read from nine
         # models: pixel AUROC +0.012 to +0.030 at every one, AUPRO -0.009 to +0.003 (BENCHMARKS.md, session 54)
         "map_gate": 2.0,
     },
