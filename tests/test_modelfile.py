@@ -244,10 +244,11 @@ def test_a_score_head_model_scores_by_its_score_map_and_keeps_the_defect_map(tmp
     assert all(r.ndim == 3 and r.shape[0] == 2 for r in raw)  # (defect, score) at the fitted resolution
     np.testing.assert_array_equal(scores, [image_scores(r[1], filter_size_for(cfg))[0] for r in raw])
     assert not np.allclose(scores, [image_scores(r[0], filter_size_for(cfg))[0] for r in raw])
-    for img, m, r in zip(imgs, maps, raw):
+    assert cfg.map_gate == 2.0  # cpu-small's gate scales the defect map by the score head's score
+    for img, m, r, score in zip(imgs, maps, raw, scores):
         assert m.shape == img.shape[:2] and m.dtype == np.float32
         expected = np.clip(cv2.resize(r[0], (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR), 0, 1)
-        np.testing.assert_array_equal(m, expected)
+        np.testing.assert_allclose(m, expected * score ** 2, rtol=1e-6, atol=1e-7)
 
 
 def test_wide_images_are_tiled_not_stretched(tmp_path):
