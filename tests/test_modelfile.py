@@ -41,6 +41,24 @@ def images(rng, channels=1):
     return [rng.integers(0, 256, s + ((3,) if channels == 3 else ()), dtype=np.uint8) for s in shapes]
 
 
+def drop_stored_config_field(path, field: str):
+    """Rewrite a model file as one written before ``field`` existed: its stored config without it. Returns the
+    value it had."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    stored = json.loads(header["__metadata__"]["config"])
+    value = stored.pop(field)
+    header["__metadata__"]["config"] = json.dumps(stored)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    return value
+
+
 def test_round_trip_local(tmp_path):
     cfg = tiny_config(flip_average=False)  # one pass, to compare with the training-form model's forward
     model = trained_ish(cfg)
@@ -168,22 +186,10 @@ def test_map_gate_scales_each_map_by_its_image_score_and_leaves_the_scores(tmp_p
 def test_model_files_from_before_the_map_gate_field_keep_their_maps(tmp_path):
     """A file whose stored config has no ``map_gate`` (written before it existed) loads with the gate off, even
     under a profile that now sets it: its maps are what they were when it was evaluated."""
-    import json as _json
-    import struct
-
     cfg = tiny_config()  # cpu-small: map_gate 2
     path = tmp_path / "m.safetensors"
     save_model(str(path), trained_ish(cfg), cfg)
-    data = path.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = _json.loads(data[8:8 + n])
-    stored = _json.loads(header["__metadata__"]["config"])
-    assert stored["map_gate"] == 2.0
-    del stored["map_gate"]
-    header["__metadata__"]["config"] = _json.dumps(stored)
-    head = _json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    path.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    assert drop_stored_config_field(path, "map_gate") == 2.0
     old = load_model(str(path))
     assert old.config.map_gate == 0.0
     img = np.random.default_rng(4).integers(0, 256, (32, 32), dtype=np.uint8)  # image_size: no resize
@@ -276,19 +282,8 @@ def test_wide_images_are_tiled_not_stretched(tmp_path):
 
 
 def test_model_files_from_before_the_fit_field_stay_stretched(tmp_path):
-    import json as _json
-    import struct
-
     cfg = tiny_config(fit="stretch")
     path = tmp_path / "m.safetensors"
     save_model(str(path), trained_ish(cfg), cfg)
-    data = path.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = _json.loads(data[8:8 + n])
-    stored = _json.loads(header["__metadata__"]["config"])
-    del stored["fit"]
-    header["__metadata__"]["config"] = _json.dumps(stored)
-    head = _json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    path.write_bytes(struct.pack("<Q", len(head)) + head + data[8 + n:])
+    drop_stored_config_field(path, "fit")
     assert load_model(str(path)).config.fit == "stretch"
