@@ -182,7 +182,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr_milestones": [0.8],
         # Per-image Dice beside the focal loss: a 1-px crack then weighs like a large blob. 20-minute runs
         # (BENCHMARKS.md, session 12): crack image AUROC 0.68 -> 0.88-0.96 at weights 0.1-1; pixel AUROC falls as
-        # the weight rises (0.950 / 0.912 / 0.885 at 0.1 / 0.3 / 1), so the smallest weight measured.
+        # the weight rises (0.950 / 0.912 / 0.885 at 0.1 / 0.3 / 1), so the smallest weight measured. Under GroupNorm
+        # 0.2 is level over four same-day seed pairs (image AUROC +0.001; cracks up, blowholes down; sessions 58-59).
         "dice_weight": 0.1,
         # The plain max of the map (1 at the 256 px reference): with Dice a crack is a confident 1-px line that
         # any mean filter dilutes (image AUROC 0.902 / 0.882 / 0.867 at 1x1 / 3x3 / 5x5 at 128 px). DRAEM's
